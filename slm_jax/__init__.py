@@ -1,0 +1,1 @@
+"""slm-jax: Selective Language Modeling (Rho-1) in JAX/Flax."""
