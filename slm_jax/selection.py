@@ -1,0 +1,117 @@
+"""Step 3 of SLM: keep the tokens with the largest excess loss.
+
+The reference model (step 1) and the student both score every token; the
+student then trains only on the top `ratio` share of tokens ranked by
+
+        excess_loss = student_loss - reference_loss
+
+Rho-1 ranks the tokens of a whole batch together (`scope="batch"`); ranking
+each row alone (`scope="sequence"`) is the ablation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import gin
+import jax
+import jax.numpy as jnp
+
+SCOPES = ("batch", "sequence")
+MODES = ("clm", "slm")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SelectionConfig:
+    """How the student's loss is formed.
+
+    mode: "clm" trains on every token (no reference forward at all);
+        "slm" runs the frozen reference in the step and keeps the top tokens.
+    ratio: share of valid tokens kept in "slm" mode, in (0, 1].
+    scope: "batch" ranks all tokens of the (micro-)batch together, "sequence"
+        ranks each row separately.
+    """
+
+    mode: str = "clm"
+    ratio: float = 1.0
+    scope: str = "batch"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(
+                    f"SelectionConfig.mode={self.mode!r} is not one of {MODES}; set "
+                    "--gin.SelectionConfig.mode='clm' or 'slm'.")
+        validate_ratio(self.ratio, "SelectionConfig.ratio")
+        if self.scope not in SCOPES:
+            raise ValueError(
+                    f"SelectionConfig.scope={self.scope!r} is not one of {SCOPES}; set "
+                    "--gin.SelectionConfig.scope='batch' or 'sequence'.")
+
+
+def validate_ratio(ratio: float, binding: str = "ratio") -> None:
+    if not (isinstance(ratio, (int, float)) and 0.0 < ratio <= 1.0):
+        raise ValueError(
+                f"{binding}={ratio!r} must be in (0, 1] (the share of tokens kept, "
+                f"e.g. 0.6 for Rho-1 1B); set --gin.{binding}=0.6.")
+
+
+def _num_selected(num_valid, ratio: float):
+    """m = floor(ratio * n + 0.5), at least 1 when n >= 1 (n may be traced)."""
+    m = jnp.floor(ratio * num_valid.astype(jnp.float32) + 0.5).astype(jnp.int32)
+    return jnp.where(num_valid >= 1, jnp.maximum(m, 1), 0)
+
+
+def _select_flat(excess_N, valid_N, ratio: float):
+    """0/1 mask over one flat scope of N positions."""
+    n_positions = excess_N.shape[0]
+    # Static bound on m for any number of valid positions n <= N.
+    k_max = max(1, min(n_positions, math.floor(ratio * n_positions + 0.5)))
+    # Invalid positions sit strictly below every valid one, even a valid -inf.
+    lowest = jnp.finfo(jnp.float32).min
+    score_N = jnp.where(valid_N, jnp.maximum(excess_N.astype(jnp.float32), lowest),
+                                            -jnp.inf)
+    # lax.top_k breaks ties towards the lower index, as the spec asks.
+    _, top_idx_K = jax.lax.top_k(score_N, k_max)
+    m = _num_selected(valid_N.sum(), ratio)
+    keep_K = (jnp.arange(k_max) < m).astype(jnp.float32)
+    return jnp.zeros((n_positions,), jnp.float32).at[top_idx_K].set(keep_K)
+
+
+def select_tokens(excess_loss, loss_weights, ratio: float,
+                                    scope: str = "batch"):
+    """Mask of the top `ratio` share of valid tokens by excess loss.
+
+    Args:
+        excess_loss: [B, T] float, student loss minus reference loss per token.
+        loss_weights: [B, T] 0/1; weight-0 positions (padding, document
+            boundaries) are never selected and do not count towards n.
+        ratio: in (0, 1]. Within each scope, with n valid positions, exactly
+            m = floor(ratio * n + 0.5) positions are kept (at least 1 if n >= 1).
+            ratio = 1.0 keeps every valid token, so SLM at 100% is CLM.
+        scope: "batch" ranks all B*T positions together; "sequence" each row.
+
+    Returns:
+        float32 [B, T] 0/1 mask. Ties go to the lower flat index.
+    """
+    validate_ratio(ratio)
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not one of {SCOPES}.")
+    excess_BT = jnp.asarray(excess_loss)
+    valid_BT = jnp.asarray(loss_weights) > 0
+    if excess_BT.ndim != 2 or excess_BT.shape != valid_BT.shape:
+        raise ValueError(
+                f"select_tokens expects [B, T] excess_loss and loss_weights of the same "
+                f"shape, got {excess_BT.shape} and {valid_BT.shape}.")
+    batch, length = excess_BT.shape
+    if scope == "batch":
+        mask_N = _select_flat(excess_BT.reshape(-1), valid_BT.reshape(-1), ratio)
+        return mask_N.reshape(batch, length)
+    return jax.vmap(lambda e, v: _select_flat(e, v, ratio))(excess_BT, valid_BT)
+
+
+def masked_mean(loss_BT, mask_BT):
+    """sum(mask * loss) / max(sum(mask), 1): the SLM (and CLM) training loss."""
+    mask_BT = mask_BT.astype(jnp.float32)
+    return (mask_BT * loss_BT).sum() / jnp.maximum(mask_BT.sum(), 1.0)

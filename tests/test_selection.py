@@ -1,0 +1,115 @@
+"""select_tokens against an independent numpy implementation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from slm_jax.selection import SelectionConfig, masked_mean, select_tokens
+
+
+def numpy_select(excess, weights, ratio, scope):
+    """Reference: stable sort by (-excess, flat index) over valid positions."""
+    def one_scope(e, w):
+        mask = np.zeros(e.shape, np.float32)
+        valid = np.flatnonzero(w > 0)
+        n = len(valid)
+        if n == 0:
+            return mask
+        m = max(1, math.floor(ratio * n + 0.5))
+        # np.lexsort sorts by the last key first: excess descending, then index.
+        order = np.lexsort((valid, -e[valid].astype(np.float64)))
+        mask[valid[order[:m]]] = 1.0
+        return mask
+
+    if scope == "batch":
+        return one_scope(excess.reshape(-1), weights.reshape(-1)).reshape(excess.shape)
+    return np.stack([one_scope(e, w) for e, w in zip(excess, weights)])
+
+
+def random_case(rng, batch, length, *, tie_levels=None, pad_rate=0.2):
+    if tie_levels:
+        excess = rng.integers(0, tie_levels, size=(batch, length)).astype(np.float32)
+    else:
+        excess = rng.normal(size=(batch, length)).astype(np.float32)
+    weights = (rng.random((batch, length)) > pad_rate).astype(np.float32)
+    # A padded tail, as packing leaves at the end of rows.
+    weights[0, length // 2:] = 0.0
+    return excess, weights
+
+
+@pytest.mark.parametrize("scope", ["batch", "sequence"])
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5, 0.6, 0.7, 0.999, 1.0])
+@pytest.mark.parametrize("tie_levels", [None, 3])
+def test_matches_numpy(scope, ratio, tie_levels):
+    rng = np.random.default_rng(hash((scope, ratio, tie_levels)) % 2**32)
+    for batch, length in [(4, 16), (3, 37), (1, 5)]:
+        excess, weights = random_case(rng, batch, length, tie_levels=tie_levels)
+        got = np.asarray(jax.jit(select_tokens, static_argnums=(2, 3))(
+            excess, weights, ratio, scope))
+        want = numpy_select(excess, weights, ratio, scope)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float32
+
+
+def test_selected_count_and_never_padding():
+    rng = np.random.default_rng(0)
+    excess, weights = random_case(rng, 8, 64)
+    excess[weights == 0] = 1e9  # padding with huge excess must still be ignored
+    mask = np.asarray(select_tokens(excess, weights, 0.6))
+    n = int(weights.sum())
+    assert mask.sum() == math.floor(0.6 * n + 0.5)
+    assert not np.any(mask[weights == 0])
+
+
+def test_valid_minus_inf_is_still_preferred_over_padding():
+    excess = np.array([[np.inf, -np.inf, -np.inf, 0.0]], np.float32)
+    weights = np.array([[0, 1, 1, 0]], np.float32)
+    mask = np.asarray(select_tokens(excess, weights, 1.0))
+    np.testing.assert_array_equal(mask, [[0, 1, 1, 0]])
+
+
+def test_at_least_one_and_empty_rows():
+    excess = np.zeros((2, 8), np.float32)
+    weights = np.zeros((2, 8), np.float32)
+    weights[0, 3] = 1.0
+    mask = np.asarray(select_tokens(excess, weights, 0.01, "sequence"))
+    np.testing.assert_array_equal(mask[0], weights[0])
+    np.testing.assert_array_equal(mask[1], 0.0)
+
+
+def test_ratio_one_selects_every_valid_token():
+    rng = np.random.default_rng(1)
+    excess, weights = random_case(rng, 4, 32)
+    for scope in ["batch", "sequence"]:
+        np.testing.assert_array_equal(select_tokens(excess, weights, 1.0, scope), weights)
+
+
+def test_batch_scope_ranks_across_rows():
+    excess = np.array([[5.0, 4.0], [1.0, 0.0]], np.float32)
+    weights = np.ones_like(excess)
+    np.testing.assert_array_equal(select_tokens(excess, weights, 0.5, "batch"), [[1, 1], [0, 0]])
+    np.testing.assert_array_equal(select_tokens(excess, weights, 0.5, "sequence"), [[1, 0], [1, 0]])
+
+
+def test_masked_mean():
+    loss = jnp.array([[1.0, 2.0, 3.0]])
+    assert float(masked_mean(loss, jnp.array([[1.0, 0.0, 1.0]]))) == pytest.approx(2.0)
+    assert float(masked_mean(loss, jnp.zeros((1, 3)))) == 0.0
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.5, -0.1, float("nan")])
+def test_bad_ratio_is_a_clear_error(ratio):
+    with pytest.raises(ValueError, match=r"SelectionConfig.ratio=.*must be in \(0, 1\]"):
+        SelectionConfig(mode="slm", ratio=ratio)
+    with pytest.raises(ValueError, match="must be in"):
+        select_tokens(np.zeros((1, 2)), np.ones((1, 2)), ratio)
+
+
+def test_bad_scope_and_mode_are_clear_errors():
+    with pytest.raises(ValueError, match="SelectionConfig.scope='row'"):
+        SelectionConfig(mode="slm", ratio=0.6, scope="row")
+    with pytest.raises(ValueError, match="SelectionConfig.mode='rho'"):
+        SelectionConfig(mode="rho", ratio=0.6)
