@@ -1,0 +1,108 @@
+"""Orbax checkpoints: async saves every N steps, keep the last K, resume.
+
+A checkpoint holds three items: `params`, `opt_state` and `meta` (JSON: step
+and what produced it). Keeping params separate lets an SLM run restore the
+reference model's params alone, read-only, from another run's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+from slm_jax.train_step import TrainState
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 1000    # also saved at the end of the run
+    keep: int = 3              # the last K are kept
+    async_save: bool = True
+
+
+def _abstract_with_shardings(shardings, abstract_tree):
+    return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shardings, abstract_tree)
+
+
+class Checkpointer:
+    """Saves and restores TrainState under `<run_dir>/checkpoints`."""
+
+    def __init__(self, directory: str, config: CheckpointConfig = CheckpointConfig()):
+        self.directory = os.path.abspath(directory)
+        self.config = config
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                save_interval_steps=config.every_steps, max_to_keep=config.keep,
+                enable_async_checkpointing=config.async_save),
+            item_names=("params", "opt_state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState, *, force: bool = False, meta: dict | None = None) -> bool:
+        step = int(jax.device_get(state.step))
+        if step == self.latest_step():
+            return False
+        return self._manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params),
+            opt_state=ocp.args.StandardSave(state.opt_state),
+            meta=ocp.args.JsonSave({"step": step, **(meta or {})})), force=force)
+
+    def restore(self, abstract_state: TrainState, shardings: TrainState,
+                step: int | None = None) -> TrainState:
+        step = self.latest_step() if step is None else step
+        target = _abstract_with_shardings(shardings, abstract_state)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(target.params),
+            opt_state=ocp.args.StandardRestore(target.opt_state),
+            meta=ocp.args.JsonRestore()))
+        return TrainState(step=jax.device_put(jax.numpy.int32(restored.meta["step"]), shardings.step),
+                           params=restored.params, opt_state=restored.opt_state)
+
+    def wait(self):
+        self._manager.wait_until_finished()
+
+    def close(self):
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def restore_params(path: str, abstract_params, shardings, *, binding: str):
+    """Params of the latest checkpoint under `path`, read-only (e.g. the reference model).
+
+    `path` is a run's checkpoint directory (holding numbered steps) or one
+    step's directory. Errors name `binding`, the gin setting that gave `path`.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"{binding}={path!r} does not exist; point it at a checkpoint "
+                         "directory written by a `train` run (<run_dir>/checkpoints).")
+    manager_dir, step = path, None
+    base = os.path.basename(path.rstrip("/"))
+    if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
+        manager_dir, step = os.path.dirname(path), int(base)
+    manager = ocp.CheckpointManager(manager_dir, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False), item_names=("params", "opt_state", "meta"))
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"{binding}={path!r} holds no checkpoint; point it at the "
+                             "checkpoints/ directory of a finished `train` run.")
+        target = _abstract_with_shardings(shardings, abstract_params)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(target)))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{binding}={path!r} (step {step}) does not match the model "
+                             f"config: {str(e).splitlines()[0][:300]}; use a checkpoint "
+                             "of the same ModelConfig.") from e
+        return restored.params
+    finally:
+        manager.close()

@@ -1,0 +1,56 @@
+"""AdamW with linear warm-up, cosine decay and global-norm clipping (all optax)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+import jax
+import optax
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """Defaults follow Rho-1's 1B recipe (lr 8e-5, cosine)."""
+
+    learning_rate: float = 8e-5
+    warmup_steps: int = 0
+    end_lr_ratio: float = 0.1      # cosine decays to learning_rate * end_lr_ratio
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise ValueError(f"OptimizerConfig.learning_rate={self.learning_rate} must be > 0; "
+                             "set --gin.OptimizerConfig.learning_rate=8e-5.")
+        if self.warmup_steps < 0 or not 0.0 <= self.end_lr_ratio <= 1.0:
+            raise ValueError("OptimizerConfig.warmup_steps must be >= 0 and end_lr_ratio in [0, 1].")
+
+
+def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
+    warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else config.learning_rate,
+        peak_value=config.learning_rate,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=config.learning_rate * config.end_lr_ratio)
+
+
+def _decay_mask(params):
+    # Norm scales (1-D) are not decayed, as in Llama training recipes.
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: OptimizerConfig, total_steps: int):
+    """Returns (optax transformation, learning-rate schedule)."""
+    schedule = make_schedule(config, total_steps)
+    tx = optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
+                    weight_decay=config.weight_decay, mask=_decay_mask))
+    return tx, schedule

@@ -1,0 +1,175 @@
+"""The jitted SLM step: CLM equivalence, sharding invariance, accumulation, overfit, resume."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from slm_jax import checkpoint as ckpt_lib
+from slm_jax import model as model_lib
+from slm_jax import partition, sharding
+from slm_jax.optim import OptimizerConfig, make_optimizer
+from slm_jax.selection import SelectionConfig
+from slm_jax.train_step import make_train_step
+
+TINY = model_lib.ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                             mlp_dim=64, max_seq_len=64, dtype="float32")
+BATCH, LENGTH = 8, 16
+
+
+def make_batch(seed=0, batch=BATCH, length=LENGTH):
+    """Two packed documents per row plus a padded tail, as the pipeline yields."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, TINY.vocab_size, size=(batch, length + 1)).astype(np.int32)
+    segments = np.zeros((batch, length + 1), np.int32)
+    positions = np.zeros((batch, length + 1), np.int32)
+    for row in range(batch):
+        cut, end = rng.integers(3, length - 4), rng.integers(length - 2, length + 1)
+        segments[row, :cut], segments[row, cut:end] = 1, 2
+        positions[row, :cut] = np.arange(cut)
+        positions[row, cut:end] = np.arange(end - cut)
+    tokens[segments == 0] = 0
+    weights = ((segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)).astype(np.float32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_weights": weights,
+            "segment_ids": segments[:, :-1], "positions": positions[:, :-1]}
+
+
+def run_steps(selection, mesh_config=sharding.MeshConfig(), *, devices=None, steps=1,
+              grad_accum=1, batches=None, config=TINY, lr=1e-2):
+    """Runs `steps` sharded steps; returns (final state on host, list of metrics)."""
+    mesh = sharding.make_mesh(mesh_config, devices)
+    tx, schedule = make_optimizer(OptimizerConfig(learning_rate=lr, warmup_steps=0), 100)
+    state_sh = partition.state_shardings(config, tx, mesh)
+    ref_sh = partition.param_shardings(config, mesh) if selection.mode == "slm" else None
+    with sharding.activation_sharding(mesh, mesh_config.rules):
+        state = partition.init_state(config, tx, jax.random.key(0), state_sh)
+        ref_params = None
+        if selection.mode == "slm":
+            ref_params = jax.device_put(model_lib.init_params(config, jax.random.key(7)), ref_sh)
+        step = partition.jit_train_step(
+            make_train_step(config, selection, tx, schedule, grad_accum=grad_accum,
+                            loss_chunk_size=8), state_sh, ref_sh, mesh)
+        metrics = []
+        for i in range(steps):
+            batch = batches[i % len(batches)] if batches else make_batch(i)
+            state, m = step(state, ref_params, batch)
+            metrics.append(jax.device_get(m))
+    return jax.device_get(state), metrics
+
+
+def assert_trees_close(a, b, **tol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
+
+
+def test_slm_at_ratio_one_is_exactly_clm():
+    clm_state, clm_metrics = run_steps(SelectionConfig(mode="clm"), steps=2)
+    slm_state, slm_metrics = run_steps(SelectionConfig(mode="slm", ratio=1.0), steps=2)
+    for x, y in zip(jax.tree.leaves(clm_state.params), jax.tree.leaves(slm_state.params)):
+        np.testing.assert_array_equal(x, y)
+    for c, s in zip(clm_metrics, slm_metrics):
+        assert c["loss"] == s["loss"] and c["selected_loss"] == s["selected_loss"]
+        assert s["selected_frac"] == 1.0
+
+
+def test_slm_selects_the_ratio_and_reports_metrics():
+    _, (m,) = run_steps(SelectionConfig(mode="slm", ratio=0.6))
+    n_tokens = float(make_batch(0)["loss_weights"].sum())
+    assert m["tokens"] == n_tokens
+    assert m["selected_frac"] == pytest.approx(np.floor(0.6 * n_tokens + 0.5) / n_tokens)
+    # The kept tokens are those the student finds hardest relative to the reference.
+    assert m["selected_loss"] > m["loss"] - 1e-3
+    for key in ["loss", "selected_loss", "ref_loss", "excess_loss", "grad_norm", "lr"]:
+        assert np.isfinite(m[key]), key
+    np.testing.assert_allclose(m["excess_loss"], m["loss"] - m["ref_loss"], atol=1e-5)
+
+
+@functools.cache
+def one_device_run(selection):
+    return run_steps(selection, devices=jax.devices()[:1], steps=2)
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+@pytest.mark.parametrize("mode", ["clm", "slm"])
+def test_eight_devices_match_one_device(shape, mode):
+    assert jax.device_count() == 8, "conftest sets 8 CPU devices"
+    selection = SelectionConfig(mode=mode, ratio=0.6 if mode == "slm" else 1.0)
+    one_state, one_metrics = one_device_run(selection)
+    mesh_config = sharding.MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2])
+    many_state, many_metrics = run_steps(selection, mesh_config, steps=2)
+    for a, b in zip(one_metrics, many_metrics):
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    # Adam divides by sqrt(v): tiny gradients turn summation-order noise into ~1e-6 steps.
+    assert_trees_close(one_state.params, many_state.params, rtol=1e-4, atol=2e-5)
+
+
+def test_params_are_really_sharded():
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+    tx, _ = make_optimizer(OptimizerConfig(), 10)
+    state_sh = partition.state_shardings(TINY, tx, mesh)
+    mlp_kernels = [s for path, s in jax.tree_util.tree_leaves_with_path(state_sh.params)
+                   if len(s.spec) == 2 and "fsdp" in s.spec and "tensor" in s.spec]
+    assert mlp_kernels, "2-D kernels should be split over fsdp and tensor"
+
+
+def test_grad_accumulation_matches_one_big_batch_for_clm():
+    batches = [make_batch(0, batch=8)]
+    one, m1 = run_steps(SelectionConfig(mode="clm"), batches=batches)
+    acc, m2 = run_steps(SelectionConfig(mode="clm"), batches=batches, grad_accum=4)
+    np.testing.assert_allclose(m1[0]["loss"], m2[0]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(m1[0]["grad_norm"], m2[0]["grad_norm"], rtol=1e-4)
+    assert_trees_close(one.params, acc.params, rtol=1e-4, atol=2e-5)
+
+
+def test_tiny_model_overfits_one_batch():
+    batches = [make_batch(3)]
+    _, metrics = run_steps(SelectionConfig(mode="slm", ratio=0.6), batches=batches, steps=40)
+    assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"]
+
+
+def test_checkpoint_restore_gives_identical_next_step(tmp_path):
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
+    tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-2), 10)
+    state_sh = partition.state_shardings(TINY, tx, mesh)
+    step = partition.jit_train_step(make_train_step(TINY, SelectionConfig(), tx, schedule),
+                                    state_sh, None, mesh)
+    with sharding.activation_sharding(mesh):
+        state = partition.init_state(TINY, tx, jax.random.key(0), state_sh)
+        state, _ = step(state, None, make_batch(0))
+        ckpt = ckpt_lib.Checkpointer(str(tmp_path / "ckpt"), ckpt_lib.CheckpointConfig(every_steps=1))
+        ckpt.save(state)
+        ckpt.close()
+        continued, m_cont = step(state, None, make_batch(1))
+        restored = ckpt_lib.Checkpointer(str(tmp_path / "ckpt")).restore(
+            partition.abstract_train_state(TINY, tx), state_sh)
+        assert int(restored.step) == 1
+        assert restored.params["embed"]["embedding"].sharding == state_sh.params["embed"]["embedding"]
+        resumed, m_res = step(restored, None, make_batch(1))
+    assert float(m_cont["loss"]) == float(m_res["loss"])
+    for x, y in zip(jax.tree.leaves(continued), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_reference_params_restore_read_only_and_reject_other_shapes(tmp_path):
+    mesh = sharding.make_mesh(sharding.MeshConfig())
+    tx, _ = make_optimizer(OptimizerConfig(), 10)
+    state_sh = partition.state_shardings(TINY, tx, mesh)
+    with sharding.activation_sharding(mesh):
+        state = partition.init_state(TINY, tx, jax.random.key(1), state_sh)
+    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "ref"))
+    ckpt.save(state, force=True)
+    ckpt.close()
+    params = ckpt_lib.restore_params(str(tmp_path / "ref"), model_lib.abstract_params(TINY),
+                                     state_sh.params, binding="train.reference_checkpoint")
+    assert_trees_close(params, state.params, rtol=0, atol=0)
+    bigger = model_lib.ModelConfig(**{**TINY.__dict__, "d_model": 64})
+    with pytest.raises(ValueError, match="train.reference_checkpoint=.*does not match"):
+        ckpt_lib.restore_params(str(tmp_path / "ref"), model_lib.abstract_params(bigger),
+                                partition.param_shardings(bigger, mesh),
+                                binding="train.reference_checkpoint")
+    with pytest.raises(ValueError, match="train.reference_checkpoint=.*does not exist"):
+        ckpt_lib.restore_params(str(tmp_path / "missing"), model_lib.abstract_params(TINY),
+                                state_sh.params, binding="train.reference_checkpoint")
