@@ -1,0 +1,229 @@
+"""SentencePiece training and a seqio vocabulary that copes with Llama-style ids.
+
+seqio was written for T5 vocabularies (pad=0, eos=1, unk=2) and assumes id 0
+is padding. Llama/Mistral-style models use unk=0, bos=1, eos=2 and no pad.
+How this project keeps the two compatible:
+
+* EOS always comes from the model (``tokenizer.eos_id()``: 2 for Llama, 1 for
+  T5), and BOS (1) is prepended per document when the model has one. Ids the
+  model lacks (sentencepiece reports -1, e.g. T5's bos) read as ``None``
+  here rather than leaking -1 into token streams.
+* We never use seqio's decoder input shift (``autoregressive_inputs``), which
+  fills segment starts with 0 -- a real token (unk) for Llama. The pipeline
+  builds inputs/targets itself from the packed sequence (see pipeline.py).
+* Id 0 inside a document is kept, never dropped or taken for padding. With
+  ``byte_fallback`` a Llama-style model never emits unk for valid UTF-8 text
+  (tested), but a model without byte fallback can. seqio's packer derives both
+  lengths and segment ids from ``token != 0``, so the pipeline offsets every
+  token by +1 while packing and undoes it afterwards; unk tokens then survive
+  packing with their segment id and loss weight (tested).
+* Padding in packed batches is written as 0 but is identified only by
+  ``segment_ids == 0`` / ``loss_weights == 0``, never by its token value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections.abc import Iterable, Iterator
+from typing import Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import seqio  # noqa: E402  (after the TF log level is set)
+import sentencepiece as spm  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+
+def _hide_accelerators_from_tensorflow() -> None:
+    # tf.data only needs the CPU; left alone, TF would reserve GPU memory
+    # that JAX needs.
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        pass  # TF already initialised its devices; nothing left to change.
+
+
+_hide_accelerators_from_tensorflow()
+
+VOCAB_PATH_BINDING = "DataConfig.vocab_path"
+# Beyond this many lines the trainer sees a deterministic uniform sample.
+MAX_TRAINING_LINES = 300_000
+
+
+# --------------------------------------------------------------------------
+# Training.
+
+
+def _read_lines(path: str) -> Iterator[str]:
+    """Lines of document text from .jsonl ({"text"}), .tfrecord or plain text."""
+    if path.endswith(".jsonl"):
+        with tf.io.gfile.GFile(path, "r") as f:
+            for row in f:
+                if row.strip():
+                    yield from json.loads(row).get("text", "").split("\n")
+    elif path.endswith((".tfrecord", ".tfrecords")):
+        spec = {"text": tf.io.FixedLenFeature([], tf.string)}
+        for record in tf.data.TFRecordDataset(path):
+            text = tf.io.parse_single_example(record, spec)["text"].numpy()
+            yield from text.decode("utf-8").split("\n")
+    else:
+        with tf.io.gfile.GFile(path, "r") as f:
+            for row in f:
+                yield row.rstrip("\n")
+
+
+def _sample_lines(paths: Iterable[str], limit: int, seed: int) -> list[str]:
+    """Reservoir sample of non-blank lines: bounded memory, deterministic in seed."""
+    rng = random.Random(seed)
+    sample: list[str] = []
+    seen = 0
+    for path in paths:
+        for line in _read_lines(path):
+            if not line.strip():
+                continue
+            seen += 1
+            if len(sample) < limit:
+                sample.append(line)
+            else:
+                slot = rng.randrange(seen)
+                if slot < limit:
+                    sample[slot] = line
+    return sample
+
+
+def train_sentencepiece(
+    text_files: list[str],
+    model_prefix: str,
+    *,
+    vocab_size: int = 2048,
+    seed: int = 0,
+    byte_fallback: bool = True,
+) -> str:
+    """Trains a BPE SentencePiece model with Llama ids and returns the .model path.
+
+    Ids: unk=0, bos=1, eos=2, no pad. Digits are split and (by default) unseen
+    bytes fall back to byte pieces, so valid text never maps to unk.
+    Normalisation is the identity so that decode(encode(text)) == text.
+    ``text_files`` may be .jsonl (``"text"`` field), .tfrecord
+    (``tf.train.Example{text}``) or plain text; each line is one sentence.
+
+    Training is deterministic. If ``{model_prefix}.model`` was already trained
+    from the same lines with the same settings (recorded in
+    ``{model_prefix}.fingerprint``) it is reused without retraining.
+    """
+    if not text_files:
+        raise ValueError("train_sentencepiece needs at least one text file.")
+    missing = [p for p in text_files if not tf.io.gfile.exists(p)]
+    if missing:
+        raise ValueError(f"SentencePiece training files not found: {missing}.")
+    settings = dict(
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=byte_fallback,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        character_coverage=0.9995,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        max_sentence_length=16384,
+        num_threads=2,
+    )
+    lines = _sample_lines(text_files, MAX_TRAINING_LINES, seed)
+    if not lines:
+        raise ValueError(f"SentencePiece training files contain no text: {list(text_files)}.")
+    digest = hashlib.sha256(json.dumps([settings, seed], sort_keys=True).encode())
+    for line in lines:
+        digest.update(line.encode("utf-8") + b"\n")
+    fingerprint = digest.hexdigest()
+
+    model_path = model_prefix + ".model"
+    fingerprint_path = model_prefix + ".fingerprint"
+    if tf.io.gfile.exists(model_path) and tf.io.gfile.exists(fingerprint_path):
+        with tf.io.gfile.GFile(fingerprint_path, "r") as f:
+            if f.read().strip() == fingerprint:
+                return model_path
+
+    directory = os.path.dirname(model_prefix)
+    if directory:
+        tf.io.gfile.makedirs(directory)
+    spm.set_random_generator_seed(seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_prefix=model_prefix,
+        minloglevel=2,
+        **settings,
+    )
+    with tf.io.gfile.GFile(fingerprint_path, "w") as f:
+        f.write(fingerprint + "\n")
+    # seqio caches parsed models by path; a retrained file must not be served
+    # from that cache.
+    cache = getattr(seqio.vocabularies, "_load_model_internal", None)
+    if cache is not None and hasattr(cache, "cache_clear"):
+        cache.cache_clear()
+    return model_path
+
+
+# --------------------------------------------------------------------------
+# Loading.
+
+
+def _id_or_none(token_id: int) -> Optional[int]:
+    return token_id if token_id >= 0 else None
+
+
+class LlamaCompatibleVocabulary(seqio.SentencePieceVocabulary):
+    """seqio's SentencePiece vocabulary with special ids taken from the model.
+
+    Works for Llama-style (unk=0, bos=1, eos=2) and T5-style (pad=0, eos=1,
+    unk=2) models alike; an id the model does not define is ``None``.
+    ``pad_id`` stays seqio's 0: packed batches mark padding by segment id, so
+    the value written there never matters (see the module docstring).
+    """
+
+    @property
+    def bos_id(self) -> Optional[int]:
+        return _id_or_none(self.tokenizer.bos_id())
+
+    @property
+    def eos_id(self) -> Optional[int]:
+        return _id_or_none(self.tokenizer.eos_id())
+
+    @property
+    def unk_id(self) -> Optional[int]:
+        return _id_or_none(self.tokenizer.unk_id())
+
+
+def load_vocabulary(model_path: str) -> LlamaCompatibleVocabulary:
+    """Loads a SentencePiece model as a seqio vocabulary.
+
+    Raises ValueError, naming the path and the gin binding to fix, when the
+    file is missing, is not a SentencePiece model, or defines no EOS.
+    """
+    fix = f"set {VOCAB_PATH_BINDING} to a SentencePiece .model file"
+    if not model_path or not tf.io.gfile.exists(model_path):
+        raise ValueError(f"SentencePiece model {model_path!r} does not exist; {fix}.")
+    with tf.io.gfile.GFile(model_path, "rb") as f:
+        proto = f.read()
+    try:
+        processor = spm.SentencePieceProcessor(model_proto=proto)
+        pieces = processor.GetPieceSize()
+    except RuntimeError:
+        pieces = 0
+    if pieces == 0:
+        raise ValueError(f"{model_path!r} is not a SentencePiece model; {fix}.")
+    if processor.eos_id() < 0:
+        raise ValueError(
+            f"SentencePiece model {model_path!r} defines no EOS piece, which the "
+            f"pipeline needs to end documents; {fix} that has eos_id >= 0."
+        )
+    return LlamaCompatibleVocabulary(model_path)
+
+
+__all__ = ["LlamaCompatibleVocabulary", "load_vocabulary", "train_sentencepiece"]
