@@ -39,7 +39,7 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                save_interval_steps=config.every_steps, max_to_keep=config.keep,
+                max_to_keep=config.keep,
                 enable_async_checkpointing=config.async_save),
             item_names=("params", "opt_state", "meta"))
 
@@ -48,12 +48,13 @@ class Checkpointer:
 
     def save(self, state: TrainState, *, force: bool = False, meta: dict | None = None) -> bool:
         step = int(jax.device_get(state.step))
-        if step == self.latest_step():
+        # Orbax would also save the first step it sees; the interval is kept here.
+        if step == self.latest_step() or not (force or step % self.config.every_steps == 0):
             return False
         return self._manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params),
             opt_state=ocp.args.StandardSave(state.opt_state),
-            meta=ocp.args.JsonSave({"step": step, **(meta or {})})), force=force)
+            meta=ocp.args.JsonSave({"step": step, **(meta or {})})), force=True)
 
     def restore(self, abstract_state: TrainState, shardings: TrainState,
                 step: int | None = None) -> TrainState:

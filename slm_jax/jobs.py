@@ -1,0 +1,22 @@
+"""The jobs a gin file can choose with `run.job`, and the import of every configurable."""
+
+from __future__ import annotations
+
+import gin
+
+from slm_jax import checkpoint, demo, model, optim, selection, sharding, train  # noqa: F401
+from slm_jax.data import pipeline  # noqa: F401
+
+JOBS = {
+    "train": train.train,   # SLM step 1 (mode clm on clean data) and step 3 (mode slm)
+    "demo": demo.demo,      # the three steps end to end on the embedded corpus
+}
+
+
+@gin.configurable
+def run(job: str = "demo"):
+    """Runs the job named by `run.job`."""
+    if job not in JOBS:
+        raise ValueError(f"run.job={job!r} is not a job; choose one of {sorted(JOBS)} "
+                         "with --gin.run.job=train")
+    return JOBS[job]()

@@ -1,0 +1,348 @@
+"""Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) in flax.linen.
+
+The decoder returns final-normed hidden states, not logits: the loss projects onto the
+vocabulary in chunks (see `slm_jax.losses`) so [B, T, V] fp32 logits never exist at once.
+Every parameter carries logical axis names and activations carry logical sharding
+constraints; both are no-ops unless `nn.logical_axis_rules` are active.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+REMAT_POLICIES = ("none", "full", "dots")
+
+# Any fixed shape works: parameter shapes do not depend on batch or length.
+_DUMMY_TOKENS_SHAPE = (1, 8)
+
+# Logical activation layouts; mapped to mesh axes only when nn.logical_axis_rules are active.
+ACT_BATCH, ACT_LENGTH = "activation_batch", "activation_length"
+ACT_EMBED, ACT_MLP, ACT_VOCAB = "activation_embed", "activation_mlp", "activation_vocab"
+ACT_HEADS, ACT_KV_HEADS = "activation_heads", "activation_kv_heads"
+ACT_HEAD_DIM = "activation_head_dim"
+LAYOUT_BTD = (ACT_BATCH, ACT_LENGTH, ACT_EMBED)
+LAYOUT_BTF = (ACT_BATCH, ACT_LENGTH, ACT_MLP)
+LAYOUT_BTV = (ACT_BATCH, ACT_LENGTH, ACT_VOCAB)
+LAYOUT_BTHK = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_HEAD_DIM)
+LAYOUT_BTNK = (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, ACT_HEAD_DIM)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of the decoder; bind fields with `ModelConfig.<field>` in gin."""
+
+    vocab_size: int = 32000
+    d_model: int = 2048
+    n_layers: int = 22
+    n_heads: int = 32
+    n_kv_heads: int = 4
+    head_dim: int | None = None
+    mlp_dim: int = 5632
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_seq_len: int = 2048
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    remat: str = "none"
+    scan_layers: bool = False
+
+    def __post_init__(self):
+        for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
+                      "max_seq_len"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{field}={value!r} must be a positive int; "
+                                 f"set --gin.ModelConfig.{field} to one")
+        if self.n_heads % self.n_kv_heads != 0:
+            raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not divisible by "
+                             f"ModelConfig.n_kv_heads={self.n_kv_heads}; set "
+                             "--gin.ModelConfig.n_kv_heads to a divisor of n_heads")
+        if self.head_dim is None and self.d_model % self.n_heads != 0:
+            raise ValueError(f"ModelConfig.d_model={self.d_model} is not divisible by "
+                             f"ModelConfig.n_heads={self.n_heads}; set --gin.ModelConfig.head_dim "
+                             "explicitly or change n_heads")
+        if self.resolved_head_dim <= 0 or self.resolved_head_dim % 2 != 0:
+            raise ValueError(f"ModelConfig.head_dim={self.resolved_head_dim} must be a positive "
+                             "even int (RoPE rotates halves); set --gin.ModelConfig.head_dim "
+                             "to one")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat={self.remat!r} is not one of {REMAT_POLICIES}; "
+                             "set --gin.ModelConfig.remat to one of them")
+        for field in ("dtype", "param_dtype"):
+            value = getattr(self, field)
+            try:
+                parsed = jnp.dtype(value)
+            except TypeError:
+                parsed = None
+            if parsed is None or not jnp.issubdtype(parsed, jnp.floating):
+                raise ValueError(f"ModelConfig.{field}={value!r} is not a floating dtype name; set "
+                                 f"--gin.ModelConfig.{field} to e.g. 'bfloat16' or 'float32'")
+        if self.rope_theta <= 0 or self.norm_eps <= 0:
+            raise ValueError(f"ModelConfig.rope_theta={self.rope_theta} and ModelConfig.norm_eps="
+                             f"{self.norm_eps} must be positive; fix the --gin.ModelConfig binding")
+
+    @property
+    def resolved_head_dim(self) -> int:
+        """Per-head width: `head_dim` if set, else d_model // n_heads."""
+        return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+
+def _weight(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[str, ...],
+            config: ModelConfig) -> jax.Array:
+    """A normal(0.02) weight with logical axis names, cast to the compute dtype."""
+    init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), names)
+    w = module.param(name, init, shape, config.params_dtype)
+    return jnp.asarray(w, config.compute_dtype)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm; statistics in fp32 because bf16 sums of squares lose precision."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD: jax.Array) -> jax.Array:
+        init = nn.with_logical_partitioning(nn.initializers.ones, ("norm",))
+        scale_D = self.param("scale", init, (x_BTD.shape[-1],), self.config.params_dtype)
+        x32_BTD = x_BTD.astype(jnp.float32)
+        variance_BT1 = jnp.mean(jnp.square(x32_BTD), axis=-1, keepdims=True)
+        normed_BTD = x32_BTD * jax.lax.rsqrt(variance_BT1 + self.config.norm_eps)
+        return (normed_BTD * scale_D.astype(jnp.float32)).astype(self.config.compute_dtype)
+
+
+def rope_cos_sin(positions_BT: jax.Array, head_dim: int, theta: float):
+    """cos/sin tables [B, T, head_dim] in the Hugging Face Llama (non-interleaved) layout."""
+    inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    freqs_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq_F
+    angles_BTK = jnp.concatenate([freqs_BTF, freqs_BTF], axis=-1)
+    return jnp.cos(angles_BTK), jnp.sin(angles_BTK)
+
+
+def apply_rope(x_BTHK: jax.Array, cos_BTK: jax.Array, sin_BTK: jax.Array) -> jax.Array:
+    """Rotates the two halves of each head (HF `rotate_half`), in fp32."""
+    x32 = x_BTHK.astype(jnp.float32)
+    first, second = jnp.split(x32, 2, axis=-1)
+    rotated = jnp.concatenate([-second, first], axis=-1)
+    cos, sin = cos_BTK[:, :, None, :], sin_BTK[:, :, None, :]
+    return (x32 * cos + rotated * sin).astype(x_BTHK.dtype)
+
+
+def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
+    """[B, T, S] bool: query t sees key s iff s <= t and both lie in the same segment."""
+    length = segment_ids_BT.shape[1]
+    causal_TS = jnp.tril(jnp.ones((length, length), dtype=jnp.bool_))
+    same_segment_BTS = segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :]
+    return causal_TS[None] & same_segment_BTS
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention (MHA when n_kv_heads == n_heads) with plain XLA einsums."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        cfg = self.config
+        d, h, kv, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
+        groups = h // kv
+        wq_DHK = _weight(self, "q_proj", (d, h, k), ("embed", "q_heads", "head_dim"), cfg)
+        wk_DNK = _weight(self, "k_proj", (d, kv, k), ("embed", "kv_heads", "head_dim"), cfg)
+        wv_DNK = _weight(self, "v_proj", (d, kv, k), ("embed", "kv_heads", "head_dim"), cfg)
+        wo_HKD = _weight(self, "o_proj", (h, k, d), ("q_heads", "head_dim", "embed"), cfg)
+
+        q_BTHK = jnp.einsum("btd,dhk->bthk", x_BTD, wq_DHK)
+        k_BSNK = jnp.einsum("bsd,dnk->bsnk", x_BTD, wk_DNK)
+        v_BSNK = jnp.einsum("bsd,dnk->bsnk", x_BTD, wv_DNK)
+        q_BTHK = nn.with_logical_constraint(q_BTHK, LAYOUT_BTHK)
+        k_BSNK = nn.with_logical_constraint(k_BSNK, LAYOUT_BTNK)
+        v_BSNK = nn.with_logical_constraint(v_BSNK, LAYOUT_BTNK)
+
+        cos_BTK, sin_BTK = rope_cos_sin(positions_BT, k, cfg.rope_theta)
+        q_BTHK = apply_rope(q_BTHK, cos_BTK, sin_BTK)
+        k_BSNK = apply_rope(k_BSNK, cos_BTK, sin_BTK)
+
+        # Split query heads into (kv head, group) so each kv head serves its group without
+        # materialising repeated K/V.
+        b, t = q_BTHK.shape[:2]
+        q_BTNGK = q_BTHK.reshape(b, t, kv, groups, k)
+        scores_BNGTS = jnp.einsum("btngk,bsnk->bngts", q_BTNGK, k_BSNK,
+                                  preferred_element_type=jnp.float32) / math.sqrt(k)
+        mask_B11TS = attention_mask(segment_ids_BT)[:, None, None]
+        # A finite fill keeps rows finite; every row sees at least its own (diagonal) key.
+        scores_BNGTS = jnp.where(mask_B11TS, scores_BNGTS, jnp.finfo(jnp.float32).min)
+        probs_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(cfg.compute_dtype)
+        out_BTNGK = jnp.einsum("bngts,bsnk->btngk", probs_BNGTS, v_BSNK)
+        out_BTHK = nn.with_logical_constraint(out_BTNGK.reshape(b, t, h, k), LAYOUT_BTHK)
+        out_BTD = jnp.einsum("bthk,hkd->btd", out_BTHK, wo_HKD)
+        return nn.with_logical_constraint(out_BTD, LAYOUT_BTD)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD):
+        cfg = self.config
+        w_gate_DF = _weight(self, "gate_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
+        w_up_DF = _weight(self, "up_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
+        w_down_FD = _weight(self, "down_proj", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
+        gate_BTF = nn.with_logical_constraint(jnp.einsum("btd,df->btf", x_BTD, w_gate_DF),
+                                              LAYOUT_BTF)
+        up_BTF = nn.with_logical_constraint(jnp.einsum("btd,df->btf", x_BTD, w_up_DF),
+                                            LAYOUT_BTF)
+        out_BTD = jnp.einsum("btf,fd->btd", nn.silu(gate_BTF) * up_BTF, w_down_FD)
+        return nn.with_logical_constraint(out_BTD, LAYOUT_BTD)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block. Returns (x, None) so the same class works under nn.scan."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+        x_BTD = nn.with_logical_constraint(x_BTD, LAYOUT_BTD)
+        attn_in = RMSNorm(self.config, name="attn_norm")(x_BTD)
+        x_BTD = x_BTD + Attention(self.config, name="attention")(attn_in, positions_BT,
+                                                                 segment_ids_BT)
+        mlp_in = RMSNorm(self.config, name="mlp_norm")(x_BTD)
+        x_BTD = x_BTD + MLP(self.config, name="mlp")(mlp_in)
+        return nn.with_logical_constraint(x_BTD, LAYOUT_BTD), None
+
+
+class Embedder(nn.Module):
+    """Token embedding table [V, D]."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT):
+        cfg = self.config
+        init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("vocab", "embed"))
+        table_VD = self.param("embedding", init, (cfg.vocab_size, cfg.d_model), cfg.params_dtype)
+        return jnp.take(table_VD, tokens_BT, axis=0).astype(cfg.compute_dtype)
+
+
+class LMHead(nn.Module):
+    """Owns the untied unembedding kernel [D, V]; the loss reads it via `unembedding`."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self):
+        cfg = self.config
+        init = nn.with_logical_partitioning(nn.initializers.normal(stddev=0.02), ("embed", "vocab"))
+        return self.param("kernel", init, (cfg.d_model, cfg.vocab_size), cfg.params_dtype)
+
+
+def _layer_class(config: ModelConfig):
+    """DecoderLayer, wrapped in nn.remat according to `config.remat`."""
+    if config.remat == "none":
+        return DecoderLayer
+    policy = {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }[config.remat]
+    # Under scan the loop boundary already blocks CSE, so prevent_cse would only cost speed.
+    return nn.remat(DecoderLayer, policy=policy, prevent_cse=not config.scan_layers)
+
+
+class Decoder(nn.Module):
+    """Token ids -> final-normed hidden states [B, T, D] in the compute dtype."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
+        cfg = self.config
+        batch, length = tokens_BT.shape
+        if length > cfg.max_seq_len:
+            raise ValueError(f"sequence length {length} exceeds ModelConfig.max_seq_len="
+                             f"{cfg.max_seq_len}; raise --gin.ModelConfig.max_seq_len or "
+                             "shorten the inputs")
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if segment_ids_BT is None:
+            segment_ids_BT = jnp.ones((batch, length), dtype=jnp.int32)
+
+        x_BTD = Embedder(cfg, name="embed")(tokens_BT)
+        x_BTD = nn.with_logical_constraint(x_BTD, LAYOUT_BTD)
+        layer_cls = _layer_class(cfg)
+        if cfg.scan_layers:
+            scanned = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.n_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x_BTD, _ = scanned(cfg, name="layers")(x_BTD, positions_BT, segment_ids_BT)
+        else:
+            for i in range(cfg.n_layers):
+                x_BTD, _ = layer_cls(cfg, name=f"layers_{i}")(x_BTD, positions_BT, segment_ids_BT)
+        if not cfg.tie_embeddings:
+            LMHead(cfg, name="lm_head")()  # creates params["lm_head"]; unused here, DCE'd by XLA
+        return RMSNorm(cfg, name="final_norm")(x_BTD)
+
+
+def unembedding(params, config: ModelConfig) -> jax.Array:
+    """The [D, V] output projection: lm_head kernel, or the embedding transposed when tied."""
+    if config.tie_embeddings:
+        return params["embed"]["embedding"].T
+    return params["lm_head"]["kernel"]
+
+
+def logits(params, config: ModelConfig, tokens_BT, positions_BT=None,
+           segment_ids_BT=None) -> jax.Array:
+    """Full fp32 logits [B, T, V]; for tests and generation only (training uses the loss)."""
+    hidden_BTD = Decoder(config).apply({"params": params}, tokens_BT, positions_BT,
+                                       segment_ids_BT)
+    w_DV = unembedding(params, config).astype(hidden_BTD.dtype)
+    logits_BTV = jnp.einsum("btd,dv->btv", hidden_BTD, w_DV, preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits_BTV, LAYOUT_BTV)
+
+
+def _boxed_init(config: ModelConfig, rng):
+    tokens_BT = jnp.zeros(_DUMMY_TOKENS_SHAPE, dtype=jnp.int32)
+    return Decoder(config).init(rng, tokens_BT)["params"]
+
+
+def init_params(config: ModelConfig, rng):
+    """Randomly initialised parameters as plain arrays (logical metadata stripped)."""
+    return jax.jit(lambda r: nn.meta.unbox(_boxed_init(config, r)))(rng)
+
+
+def abstract_params(config: ModelConfig):
+    """Parameter shapes/dtypes as jax.ShapeDtypeStruct; allocates nothing."""
+    return jax.eval_shape(lambda: nn.meta.unbox(_boxed_init(config, jax.random.key(0))))
+
+
+def logical_param_specs(config: ModelConfig):
+    """PartitionSpecs of logical axis names, one per parameter leaf (same tree as params)."""
+    boxed = jax.eval_shape(lambda: _boxed_init(config, jax.random.key(0)))
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(config: ModelConfig) -> int:
+    """Total number of parameters, computed from shapes only."""
+    leaves = jax.tree_util.tree_leaves(abstract_params(config))
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in leaves))

@@ -1,0 +1,175 @@
+"""The `train` job: CLM or SLM training of one model, sharded, checkpointed, resumable.
+
+Step 1 of SLM (the reference model) is this job in "clm" mode on the
+high-quality data; step 3 (the student) is this job in "slm" mode with
+`train.reference_checkpoint` pointing at step 1's checkpoints.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from slm_jax import checkpoint as ckpt_lib
+from slm_jax import model as model_lib
+from slm_jax import partition, sharding
+from slm_jax.data import pipeline
+from slm_jax.metrics_log import MetricsLogger
+from slm_jax.optim import OptimizerConfig, make_optimizer
+from slm_jax.selection import SelectionConfig
+from slm_jax.train_step import make_eval_step, make_train_step
+
+
+def _check_shapes(model, data, selection, reference_checkpoint, grad_accum, mesh):
+    if data.seq_len > model.max_seq_len:
+        raise ValueError(
+            f"DataConfig.seq_len={data.seq_len} is longer than ModelConfig.max_seq_len="
+            f"{model.max_seq_len}; lower --gin.DataConfig.seq_len or raise the model's maximum.")
+    if selection.mode == "slm" and not reference_checkpoint:
+        raise ValueError("SelectionConfig.mode='slm' needs a reference model: set "
+                         "--gin.train.reference_checkpoint to the checkpoints/ directory of "
+                         "a reference `train` run.")
+    dp = sharding.data_parallel_size(mesh)
+    if grad_accum < 1 or data.global_batch_size % grad_accum:
+        raise ValueError(f"DataConfig.global_batch_size={data.global_batch_size} is not divisible "
+                         f"by train.grad_accum={grad_accum}.")
+    micro = data.global_batch_size // grad_accum
+    if micro % dp:
+        raise ValueError(
+            f"micro-batch of {micro} sequences (DataConfig.global_batch_size="
+            f"{data.global_batch_size} / train.grad_accum={grad_accum}) is not divisible by "
+            f"the data-parallel size {dp} (MeshConfig data x fsdp); change the batch or the mesh.")
+
+
+def evaluate(eval_fn, params, batches) -> float:
+    """Token-weighted mean loss over `batches`."""
+    loss_sum, weight_sum = 0.0, 0.0
+    for batch in batches:
+        s, w = jax.device_get(eval_fn(params, batch))
+        loss_sum, weight_sum = loss_sum + float(s), weight_sum + float(w)
+    return loss_sum / max(weight_sum, 1.0)
+
+
+@gin.configurable(denylist=["progress"])
+def train(run_dir: str = gin.REQUIRED, *,
+          num_steps: int = 1000,
+          model: model_lib.ModelConfig | None = None,
+          data: pipeline.DataConfig | None = None,
+          selection: SelectionConfig | None = None,
+          optimizer: OptimizerConfig | None = None,
+          mesh: sharding.MeshConfig | None = None,
+          checkpoint: ckpt_lib.CheckpointConfig | None = None,
+          reference_checkpoint: str | None = None,
+          reference_model: model_lib.ModelConfig | None = None,
+          reference_dtype: str = "bfloat16",
+          init_checkpoint: str | None = None,
+          grad_accum: int = 1,
+          loss_chunk_size: int = 1024,
+          log_every: int = 10,
+          eval_data: pipeline.DataConfig | None = None,
+          eval_every: int = 0,
+          eval_batches: int = 8,
+          seed: int = 0,
+          progress: bool = True) -> dict:
+    """Trains for `num_steps` (resuming from `run_dir/checkpoints` if present).
+
+    Args:
+      run_dir: where checkpoints, metrics.jsonl and TensorBoard logs go.
+      reference_checkpoint: checkpoints of the frozen reference model (mode "slm").
+      reference_model: its ModelConfig when it differs from the student's.
+      reference_dtype: dtype the reference params are cast to for its forward.
+      init_checkpoint: start the params from this checkpoint (e.g. the base
+        model) instead of a random init with `seed`.
+      grad_accum: micro-batches per step; selection ranks within each one.
+      eval_data: held-out data, evaluated every `eval_every` steps and at the end.
+
+    Returns:
+      The last logged train metrics and the final eval loss ("eval_loss").
+    """
+    model = model or model_lib.ModelConfig()
+    data = data or pipeline.DataConfig()
+    selection = selection or SelectionConfig()
+    optimizer = optimizer or OptimizerConfig()
+    mesh_config = mesh or sharding.MeshConfig()
+    reference_model = reference_model or model
+    if reference_model.vocab_size != model.vocab_size:
+        raise ValueError(f"reference vocab_size {reference_model.vocab_size} != student "
+                         f"vocab_size {model.vocab_size}; excess loss needs one vocabulary.")
+    mesh = sharding.make_mesh(mesh_config)
+    _check_shapes(model, data, selection, reference_checkpoint, grad_accum, mesh)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"train.run_dir={run_dir!r} is not writable ({e.strerror}); "
+                         "choose another --gin.train.run_dir.") from e
+
+    tx, schedule = make_optimizer(optimizer, num_steps)
+    state_sh = partition.state_shardings(model, tx, mesh, mesh_config.rules)
+    checkpointer = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
+                                         checkpoint or ckpt_lib.CheckpointConfig())
+    with sharding.activation_sharding(mesh, mesh_config.rules):
+        if checkpointer.latest_step() is not None:
+            state = checkpointer.restore(partition.abstract_train_state(model, tx), state_sh)
+            logging.info("resumed from step %d", int(state.step))
+        else:
+            state = partition.init_state(model, tx, jax.random.key(seed), state_sh)
+            if init_checkpoint:
+                params = ckpt_lib.restore_params(
+                    init_checkpoint, model_lib.abstract_params(model), state_sh.params,
+                    binding="train.init_checkpoint")
+                state = state.replace(params=params, opt_state=jax.jit(
+                    tx.init, out_shardings=state_sh.opt_state)(params))
+
+        ref_params, ref_sh = None, None
+        if selection.mode == "slm":
+            ref_sh = partition.param_shardings(reference_model, mesh, mesh_config.rules)
+            ref_params = ckpt_lib.restore_params(
+                reference_checkpoint, model_lib.abstract_params(reference_model), ref_sh,
+                binding="train.reference_checkpoint")
+            dtype = jnp.dtype(reference_dtype)
+            ref_params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(dtype), p),
+                                 out_shardings=ref_sh)(ref_params)
+
+        step_fn = partition.jit_train_step(
+            make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
+                            loss_chunk_size=loss_chunk_size, reference_model_config=reference_model),
+            state_sh, ref_sh, mesh)
+        eval_fn = partition.jit_eval_step(make_eval_step(model, loss_chunk_size),
+                                          state_sh.params, mesh)
+
+        def eval_loss():
+            batches = pipeline.global_batches(eval_data, mesh, sharding.batch_sharding(mesh),
+                                              repeat=False)
+            return evaluate(eval_fn, state.params, itertools.islice(batches, eval_batches))
+
+        start = int(jax.device_get(state.step))
+        batches = pipeline.global_batches(data, mesh, sharding.batch_sharding(mesh))
+        # Replays the data order up to the resumed step (a seekable reader is future work).
+        batches = itertools.islice(batches, start, None)
+        logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
+                               tokens_per_step=data.global_batch_size * data.seq_len,
+                               name=os.path.basename(os.path.normpath(run_dir)), progress=progress)
+        summary = {}
+        try:
+            for step in range(start, num_steps):
+                state, metrics = step_fn(state, ref_params, next(batches))
+                done = step + 1
+                logger.step_done(done)
+                if done % log_every == 0 or done == num_steps:
+                    summary = logger.log(done, metrics)
+                if eval_data is not None and eval_every and done % eval_every == 0 and done < num_steps:
+                    logger.log(done, {"loss": eval_loss()}, prefix="eval_")
+                checkpointer.save(state, force=done == num_steps)
+            if eval_data is not None:
+                summary["eval_loss"] = eval_loss()
+                logger.log(num_steps, {"loss": summary["eval_loss"]}, prefix="eval_")
+        finally:
+            checkpointer.close()
+            logger.close()
+    summary["step"] = int(jax.device_get(state.step))
+    return summary

@@ -1,0 +1,131 @@
+"""The command line: gin composition, one-line errors, a real train run that resumes, the demo."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import pytest
+
+from slm_jax import main as main_lib
+from slm_jax.data import demo_corpus, tokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    paths = demo_corpus.generate_corpus(str(root), seed=1, n_web_docs=300, n_clean_docs=150,
+                                        n_eval_docs=40)
+    vocab = tokenizer.train_sentencepiece([paths.web_jsonl, paths.clean_jsonl],
+                                          str(root / "spm"), vocab_size=512)
+    return paths, vocab
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def train_flags(corpus, run_dir, *extra):
+    paths, vocab = corpus
+    return ["--gin_file=gin/models/tiny.gin", "--gin.run.job=train",
+            f"--gin.train.run_dir={run_dir}", f"--gin.DataConfig.file_pattern={paths.web_tfrecord}",
+            f"--gin.DataConfig.vocab_path={vocab}", "--gin.DataConfig.seq_len=64",
+            "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=2",
+            "--gin.OptimizerConfig.learning_rate=3e-3", *extra]
+
+
+def run_main(capsys, flags):
+    code = main_lib.main(flags)
+    return code, capsys.readouterr()
+
+
+def test_gin_typo_is_one_clear_line_from_the_real_cli(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "slm_jax.main", "--gin_file=gin/demo.gin",
+                           "--gin.train.num_stepz=3"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("slm_jax: error:")]
+    assert len(lines) == 1 and "num_stepz" in lines[0], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gin.SelectionConfig.ratio=0", r"SelectionConfig.ratio=0 must be in \(0, 1\]"),
+    ("--gin.SelectionConfig.ratio=1.5", r"SelectionConfig.ratio=1.5 must be in \(0, 1\]"),
+    ("--gin.SelectionConfig.scope=row", r"SelectionConfig.scope='row' is not one of"),
+    ("--gin.MeshConfig.data=3", r"MeshConfig .*does not divide the 8 devices|uses 3 devices but 8"),
+    ("--gin.nosuch.thing=1", r"No configurable matching 'nosuch'"),
+    ("--gin.run.job=score", r"run.job='score' is not a job"),
+])
+def test_bad_values_are_one_line_errors(capsys, corpus, tmp_path, flag, message):
+    code, out = run_main(capsys, train_flags(corpus, tmp_path / "run", flag))
+    assert code == 2
+    err_lines = out.err.strip().splitlines()
+    assert len(err_lines) == 1, out.err
+    assert pytest.importorskip("re").search(message, err_lines[0]), err_lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_missing_required_value_names_the_binding(capsys):
+    code, out = run_main(capsys, ["--gin_file=gin/models/tiny.gin", "--gin.run.job=train"])
+    assert code == 2
+    assert "run_dir" in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def test_slm_without_or_with_missing_reference_is_clear(capsys, corpus, tmp_path):
+    code, out = run_main(capsys, train_flags(corpus, tmp_path / "a", "--gin.SelectionConfig.mode=slm"))
+    assert code == 2 and "train.reference_checkpoint" in out.err
+    gin.clear_config()
+    code, out = run_main(capsys, train_flags(corpus, tmp_path / "b", "--gin.SelectionConfig.mode=slm",
+                                             f"--gin.train.reference_checkpoint={tmp_path}/nope"))
+    assert code == 2 and "does not exist" in out.err
+
+
+def test_train_logs_checkpoints_and_resumes(capsys, corpus, tmp_path):
+    run_dir = tmp_path / "run"
+    code, out = run_main(capsys, train_flags(corpus, run_dir, "--gin.train.num_steps=4",
+                                             "--gin.CheckpointConfig.every_steps=2"))
+    assert code == 0, out.err
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [2, 4]
+    assert all("loss" in ln and "tokens_per_s" in ln for ln in lines)
+    assert "step 4/4" in out.out + out.err
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+    assert os.listdir(run_dir / "tensorboard")
+    # A later run with more steps continues from step 4 instead of starting over.
+    gin.clear_config()
+    code, out = run_main(capsys, train_flags(corpus, run_dir, "--gin.train.num_steps=6",
+                                             "--gin.CheckpointConfig.every_steps=2"))
+    assert code == 0, out.err
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [2, 4, 6]
+
+
+def test_later_flags_win(corpus, tmp_path):
+    files, bindings = main_lib.parse_flags(
+        ["--gin_file=gin/models/tiny.gin", "--gin.ModelConfig.d_model=96",
+         "--gin.ModelConfig.d_model=48"])
+    main_lib.parse_config(files, bindings)
+    from slm_jax.model import ModelConfig
+    assert ModelConfig().d_model == 48 and ModelConfig().vocab_size == 512
+
+
+def test_demo_end_to_end_prints_the_table(capsys, tmp_path):
+    work = tmp_path / "demo"
+    code, out = run_main(capsys, [
+        "--gin_file=gin/demo.gin", "--gin_file=gin/models/tiny.gin",
+        f"--gin.demo.work_dir={work}", "--gin.demo.vocab_size=512",
+        "--gin.demo.reference_steps=3", "--gin.demo.student_steps=3",
+        "--gin.DataConfig.seq_len=64", "--gin.DataConfig.global_batch_size=8",
+        "--gin.train.eval_batches=2"])
+    assert code == 0, out.err
+    assert "| SLM student |" in out.out and "| CLM student |" in out.out
+    results = json.loads((work / "results.json").read_text())
+    assert set(results) >= {"reference", "clm", "slm", "tokens"}
+    assert results["tokens"] == 3 * 8 * 64
