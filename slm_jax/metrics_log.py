@@ -32,7 +32,8 @@ class MetricsLogger:
         self._tb = tensorboard.SummaryWriter(os.path.join(run_dir, "tensorboard"))
         if progress:
             self._bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=name,
-                                  unit="step", dynamic_ncols=True, leave=False)
+                                  unit="step", dynamic_ncols=True, leave=False,
+                                  disable=None)  # None: no bar when stderr is not a terminal
 
     def step_done(self, step: int):
         if self._bar is not None:

@@ -1,0 +1,286 @@
+"""Cloud TPU VM launcher: create a slice, install the project on every host, run, tail, delete.
+
+    python launch/tpu_vm.py create --name N --zone Z --accelerator_type v5p-128 [--queued --spot]
+    python launch/tpu_vm.py setup  --name N --zone Z [--repo_url URL]
+    python launch/tpu_vm.py run    --name N --zone Z -- --gin_file=... --gin.train.run_dir=gs://...
+    python launch/tpu_vm.py logs   --name N --zone Z [--worker 0]
+    python launch/tpu_vm.py delete --name N --zone Z [--queued] [--quiet]
+
+Every subcommand takes --dry_run (print the gcloud commands, run nothing).
+Each host runs one `python -m slm_jax.main` with the same flags; jax finds its
+peers through the TPU metadata, so no coordinator flags are passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python launch/tpu_vm.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from launch import common  # noqa: E402
+from launch.common import LaunchError  # noqa: E402
+
+# Paths on the workers, relative to the home directory and left unquoted so `~` expands.
+REMOTE_REPO = "~/slm-jax"
+REMOTE_VENV = "~/slm-jax-venv"
+REMOTE_TARBALL_NAME = "slm-jax.tgz"
+REMOTE_TARBALL = f"~/{REMOTE_TARBALL_NAME}"
+LOG_FILE = "~/slm_jax.log"
+PID_FILE = "~/slm_jax.pid"
+JAX_TPU_COORDINATOR_PORT = 8482  # the port jax itself picks for TPU slices
+LIBTPU_FIND_LINKS = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
+# What `setup --copy` leaves out of the tarball: history, caches and local run outputs.
+TAR_EXCLUDES = (".git", "__pycache__", "./runs", "./.whl", "./.venv", "./.pytest_cache")
+
+
+@dataclass(frozen=True)
+class TpuGeneration:
+    counts_cores: bool     # the number in the accelerator type counts TensorCores, not chips
+    cores_per_chip: int
+    chips_per_host: int
+    runtime_version: str   # the documented default software version for JAX
+
+
+# https://cloud.google.com/tpu/docs/runtimes and the per-generation system architecture pages.
+GENERATIONS = {
+    "v2": TpuGeneration(True, 2, 4, "tpu-ubuntu2204-base"),
+    "v3": TpuGeneration(True, 2, 4, "tpu-ubuntu2204-base"),
+    "v4": TpuGeneration(True, 2, 4, "tpu-ubuntu2204-base"),
+    "v5p": TpuGeneration(True, 2, 4, "v2-alpha-tpuv5"),
+    "v5litepod": TpuGeneration(False, 1, 8, "v2-alpha-tpuv5-lite"),
+    "v6e": TpuGeneration(False, 1, 8, "v2-alpha-tpuv6e"),
+}
+KNOWN_TYPES = ", ".join(f"{name}-N" for name in GENERATIONS)
+
+
+@dataclass(frozen=True)
+class SliceShape:
+    hosts: int
+    chips_per_host: int
+
+    def describe(self) -> str:
+        hosts = f"{self.hosts} host{'s' * (self.hosts != 1)}"
+        return f"{hosts} x {self.chips_per_host} chip{'s' * (self.chips_per_host != 1)}"
+
+
+def parse_accelerator_type(accelerator_type: str) -> tuple[TpuGeneration, int]:
+    match = re.fullmatch(r"(v\w+?)-(\d+)", accelerator_type)
+    if not match or match.group(1) not in GENERATIONS or int(match.group(2)) == 0:
+        raise LaunchError(f"--accelerator_type={accelerator_type}: unknown TPU type; "
+                          f"expected one of {KNOWN_TYPES} (e.g. v4-8, v5p-128, v5litepod-16)")
+    return GENERATIONS[match.group(1)], int(match.group(2))
+
+
+def slice_shape(accelerator_type: str) -> SliceShape:
+    """Hosts in a slice and chips on each: v4-32 -> 4 x 4, v5p-128 -> 16 x 4, v5litepod-16 -> 2 x 8."""
+    generation, count = parse_accelerator_type(accelerator_type)
+    chips, odd_cores = divmod(count, generation.cores_per_chip)
+    per_host = generation.chips_per_host
+    if odd_cores or (chips > per_host and chips % per_host):
+        raise LaunchError(f"--accelerator_type={accelerator_type}: not a slice size; a multi-host "
+                          f"slice is whole hosts of {per_host} chips"
+                          + (f" ({per_host * generation.cores_per_chip} cores)"
+                             if generation.counts_cores else ""))
+    if chips <= per_host:
+        return SliceShape(1, chips)
+    return SliceShape(chips // per_host, per_host)
+
+
+def default_runtime_version(accelerator_type: str) -> str:
+    return parse_accelerator_type(accelerator_type)[0].runtime_version
+
+
+# --- gcloud commands ------------------------------------------------------------------------
+
+def _gcloud(args, words: list[str], *flags: str) -> list[str]:
+    """`gcloud compute tpus WORDS --zone --project FLAGS`."""
+    project = [f"--project={args.project}"] if args.project else []
+    return ["gcloud", "compute", "tpus", *words, f"--zone={args.zone}", *project, *flags]
+
+
+def _ssh(args, worker: str, command: str) -> list[str]:
+    return _gcloud(args, ["tpu-vm", "ssh", args.name], f"--worker={worker}", "--command", command)
+
+
+def create_plan(args) -> list:
+    shape = slice_shape(args.accelerator_type)
+    version = args.runtime_version or default_runtime_version(args.accelerator_type)
+    tier = ["--spot"] if args.spot else ["--reserved"] if args.reserved else []
+    plan = [f"# {args.accelerator_type}: {shape.describe()}"]
+    if args.queued:
+        plan.append(_gcloud(args, ["queued-resources", "create", args.name], f"--node-id={args.name}",
+                            f"--accelerator-type={args.accelerator_type}",
+                            f"--runtime-version={version}", *tier))
+        plan.append(f"# usable once `gcloud compute tpus queued-resources describe {args.name} "
+                    f"--zone={args.zone}` shows state ACTIVE")
+    else:
+        plan.append(_gcloud(args, ["tpu-vm", "create", args.name],
+                            f"--accelerator-type={args.accelerator_type}",
+                            f"--version={version}", *tier))
+    return plan
+
+
+def _install_python(python: str) -> list[str]:
+    """The TPU images ship Python 3.10; the pinned requirements need 3.11, so apt adds it."""
+    if not re.fullmatch(r"python3\.\d+", python):
+        return []  # a path to an interpreter the user provides
+    apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600"
+    return [f"{{ {python} -c 'import ensurepip' 2>/dev/null || "
+            f"{{ {apt} update -qq && {apt} install -y -qq {python} {python}-venv; }}; }}"]
+
+
+def setup_plan(args) -> list:
+    pip = f"{REMOTE_VENV}/bin/pip"
+    plan, fetch = [], []
+    if args.repo_url:
+        branch = ["--branch", args.branch] if args.branch else []
+        fetch = [f"rm -rf {REMOTE_REPO}",
+                 f"git clone --depth 1 {common.join([*branch, args.repo_url])} {REMOTE_REPO}"]
+    else:
+        # One tarball instead of scp --recurse: one transfer per host, and no .git or run outputs.
+        tarball = str(Path(tempfile.gettempdir()) / f"slm-jax-{args.name}.tgz")
+        plan += [["tar", "-czf", tarball, *(f"--exclude={e}" for e in TAR_EXCLUDES),
+                  "-C", str(common.REPO_ROOT), "."],
+                 _gcloud(args, ["tpu-vm", "scp", tarball, f"{args.name}:{REMOTE_TARBALL_NAME}"],
+                         "--worker=all")]
+        fetch = [f"rm -rf {REMOTE_REPO}", f"mkdir -p {REMOTE_REPO}",
+                 f"tar -xzf {REMOTE_TARBALL} -C {REMOTE_REPO}", f"rm {REMOTE_TARBALL}"]
+    install = [*_install_python(args.python),
+               f"{common.quote(args.python)} -m venv {REMOTE_VENV}",
+               f"{pip} install --quiet --upgrade pip",
+               f"{pip} install --quiet -r {REMOTE_REPO}/requirements.txt",
+               f"{pip} install --quiet {common.quote(f'jax[tpu]=={common.jax_version()}')} "
+               f"-f {LIBTPU_FIND_LINKS}"]
+    plan.append(_ssh(args, "all", " && ".join(fetch + install)))
+    return plan
+
+
+def _warn_if_local_run_dir(gin_flags: list[str]) -> None:
+    for flag in gin_flags:
+        name, _, value = flag.partition("=")
+        if name == "--gin.train.run_dir" and not value.strip("'\"").startswith("gs://"):
+            print(f"warning: {flag}: every host needs the same run_dir; use a gs:// path",
+                  file=sys.stderr)
+
+
+def run_plan(args, gin_flags: list[str]) -> list:
+    _warn_if_local_run_dir(gin_flags)
+    # A second trainer on the same host would fail to open the TPU; say so plainly instead.
+    already_running = (f"if [ -f {PID_FILE} ] && grep -qs slm_jax /proc/$(cat {PID_FILE})/cmdline; "
+                       f"then echo \"slm_jax is already running (pid $(cat {PID_FILE})); "
+                       f"stop it first\" >&2; exit 1; fi")
+    start = common.detached(f"{REMOTE_VENV}/bin/python", ["-m", "slm_jax.main", *gin_flags],
+                            log=LOG_FILE, env=common.parse_env(args.env), pid_file=PID_FILE)
+    return [_ssh(args, "all", f"{already_running}; {_export_coordinator()}; "
+                              f"cd {REMOTE_REPO} || exit 1; {start}")]
+
+
+def _export_coordinator() -> str:
+    """Shell that exports JAX_COORDINATOR_ADDRESS=<worker 0>:8482 from the VM's metadata.
+
+    slm_jax joins jax.distributed only when the environment shows a cluster,
+    and a TPU VM's shows none (jax reads its peers from the metadata server),
+    so without this a pod slice would train without the distributed runtime
+    that orbax's multi-host checkpointing needs. jax still takes the process
+    count and id from the metadata. Entries are `host` or `name:id:ip`.
+    """
+    endpoints = ("curl -sf -m 10 -H Metadata-Flavor:Google http://metadata.google.internal"
+                 "/computeMetadata/v1/instance/attributes/worker-network-endpoints")
+    return (f"worker0=$({endpoints} | cut -d, -f1 | awk -F: '{{print $NF}}'); "
+            f"[ -z \"$worker0\" ] || export JAX_COORDINATOR_ADDRESS=$worker0:{JAX_TPU_COORDINATOR_PORT}")
+
+
+def logs_plan(args) -> list:
+    return [_ssh(args, args.worker, f"tail -n {args.lines} -F {LOG_FILE}")]
+
+
+def stop_plan(args) -> list:
+    # The trainer is a session leader (setsid), so its pid is also its process group.
+    pid = f"$(cat {PID_FILE})"
+    return [_ssh(args, "all", f"[ -f {PID_FILE} ] || exit 0; "
+                              f"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; "
+                              f"rm -f {PID_FILE}")]
+
+
+def delete_plan(args) -> list:
+    quiet = ["--quiet"] if args.quiet else []
+    if args.queued:  # --force also deletes the TPU VM the queued resource holds
+        return [_gcloud(args, ["queued-resources", "delete", args.name], "--force", *quiet)]
+    return [_gcloud(args, ["tpu-vm", "delete", args.name], *quiet)]
+
+
+# --- command line ---------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common_flags = argparse.ArgumentParser(add_help=False)
+    common_flags.add_argument("--name", required=True, help="TPU VM (and queued resource) name")
+    common_flags.add_argument("--zone", required=True, help="e.g. us-central2-b")
+    common_flags.add_argument("--project", help="GCP project (default: gcloud's configured one)")
+    common_flags.add_argument("--dry_run", action="store_true",
+                              help="print the commands, one per line, and run nothing")
+
+    parser = argparse.ArgumentParser(
+        prog="tpu_vm.py", description="Run slm_jax on a Cloud TPU VM slice.",
+        epilog="run: gin flags for slm_jax.main go after `--`.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    create = sub.add_parser("create", parents=[common_flags], help="create the TPU VM slice")
+    create.add_argument("--accelerator_type", required=True,
+                        help=f"{KNOWN_TYPES}, e.g. v4-8, v5p-128, v5litepod-16")
+    create.add_argument("--runtime_version", help="TPU software version (default: per generation)")
+    create.add_argument("--queued", action="store_true",
+                        help="request a queued resource instead of creating the VM directly")
+    tier = create.add_mutually_exclusive_group()
+    tier.add_argument("--spot", action="store_true", help="spot capacity (can be preempted)")
+    tier.add_argument("--reserved", action="store_true", help="use the project's reservation")
+
+    setup = sub.add_parser("setup", parents=[common_flags],
+                           help="install the project and jax[tpu] on every worker")
+    setup.add_argument("--repo_url", help="git clone this on the workers instead of copying "
+                                          "this checkout")
+    setup.add_argument("--branch", help="branch or tag to clone with --repo_url")
+    setup.add_argument("--python", default="python3.11",
+                       help="interpreter for the venv; python3.N is apt-installed when missing")
+
+    run = sub.add_parser("run", parents=[common_flags],
+                         help="start slm_jax.main on every worker, detached")
+    run.add_argument("--env", action="append", metavar="KEY=VALUE",
+                     help="environment variable for the trainer (repeatable)")
+
+    logs = sub.add_parser("logs", parents=[common_flags], help="follow a worker's log")
+    logs.add_argument("--worker", default="0", help="worker index, or `all` (default 0)")
+    logs.add_argument("--lines", type=int, default=100, help="lines of history to show first")
+
+    sub.add_parser("stop", parents=[common_flags], help="stop the trainer on every worker")
+
+    delete = sub.add_parser("delete", parents=[common_flags], help="delete the slice")
+    delete.add_argument("--queued", action="store_true",
+                        help="it was created with --queued (deletes the queued resource)")
+    delete.add_argument("--quiet", action="store_true", help="do not ask for confirmation")
+    return parser
+
+
+PLANS = {"create": create_plan, "setup": setup_plan, "logs": logs_plan, "stop": stop_plan,
+         "delete": delete_plan}
+
+
+def main(argv: list[str]) -> None:
+    flags, gin_flags = common.split_gin_flags(argv)
+    args = build_parser().parse_args(flags)
+    if args.command == "run":
+        plan = run_plan(args, common.check_gin_flags(gin_flags))
+    elif gin_flags:
+        raise LaunchError(f"`{args.command}` takes no gin flags; only `run` does")
+    else:
+        plan = PLANS[args.command](args)
+    common.execute(plan, args.dry_run)
+
+
+if __name__ == "__main__":
+    sys.exit(common.main_guard(main))
