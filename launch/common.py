@@ -50,7 +50,8 @@ def parse_env(pairs: list[str] | None) -> list[tuple[str, str]]:
     for pair in pairs or []:
         key, eq, value = pair.partition("=")
         if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise LaunchError(f"--env {pair!r}: expected KEY=VALUE, e.g. --env XLA_FLAGS=--xla_dump_to=/tmp/x")
+            raise LaunchError(f"--env {pair!r}: expected KEY=VALUE, "
+                              "e.g. --env XLA_FLAGS=--xla_dump_to=/tmp/x")
         parsed.append((key, value))
     return parsed
 

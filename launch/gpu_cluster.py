@@ -24,14 +24,6 @@ from launch.common import LaunchError  # noqa: E402
 HEREDOC_END = "SLM_JAX_SBATCH"
 
 
-def gpu_ids(gpus_per_node: int) -> str:
-    return ",".join(str(i) for i in range(gpus_per_node))
-
-
-def trainer_argv(python: str, gin_flags: list[str]) -> list[str]:
-    return [python, "-m", "slm_jax.main", *gin_flags]
-
-
 def sbatch_script(args, gin_flags: list[str]) -> str:
     optional = [f"#SBATCH --{flag}={value}" for flag, value in
                 (("partition", args.partition), ("time", args.time), ("account", args.account))
@@ -48,11 +40,12 @@ def sbatch_script(args, gin_flags: list[str]) -> str:
         *optional,
         "set -euo pipefail",
         f"cd {common.quote(str(args.repo_dir))}",
-        # jax's SLURM detection pins each process to GPU $SLURM_LOCALID (one process per
-        # GPU); with one process per node that would leave all but GPU 0 idle.
-        f"export JAX_LOCAL_DEVICE_IDS={gpu_ids(args.gpus_per_node)}",
+        # jax's SLURM detection pins each process to GPU $SLURM_LOCALID (it assumes one
+        # process per GPU); with one process per node all but GPU 0 would sit idle.
+        "# one process per node drives all of the node's GPUs",
+        "export JAX_LOCAL_DEVICE_IDS=" + ",".join(map(str, range(args.gpus_per_node))),
         *env,
-        "srun " + common.join(trainer_argv(args.python, gin_flags)),
+        "srun " + common.join([args.python, "-m", "slm_jax.main", *gin_flags]),
     ]) + "\n"
 
 
@@ -76,7 +69,7 @@ def _coordinator(args, hosts: list[str]) -> str:
 
 
 def ssh_plan(args, gin_flags: list[str]) -> list:
-    hosts = [h for h in (args.hosts or "").split(",") if h]
+    hosts = [h for h in args.hosts.split(",") if h]
     if not hosts:
         raise LaunchError("ssh needs --hosts h1,h2,... (the first one is the coordinator)")
     if args.nodes is not None and args.nodes != len(hosts):
@@ -98,7 +91,8 @@ def ssh_plan(args, gin_flags: list[str]) -> list:
 
 def build_parser() -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--nodes", type=int, help="number of nodes (ssh: defaults to len(--hosts))")
+    shared.add_argument("--nodes", type=int,
+                        help="number of nodes (slurm: required; ssh: the number of --hosts)")
     shared.add_argument("--gpus_per_node", type=int, default=8)
     shared.add_argument("--repo_dir", default=str(common.REPO_ROOT),
                         help="this repository's path on the nodes (default: the same as here)")
@@ -123,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where to write the sbatch script")
 
     ssh = sub.add_parser("ssh", parents=[shared], help="start one process per host over ssh")
-    ssh.add_argument("--hosts", help="comma-separated; the first is the coordinator")
+    ssh.add_argument("--hosts", required=True, help="comma-separated; the first is the coordinator")
     ssh.add_argument("--port", type=int, default=8476, help="coordinator port on the first host")
     ssh.add_argument("--coordinator_address",
                      help="HOST:PORT the others reach the first host at (default: HOSTS[0]:PORT)")

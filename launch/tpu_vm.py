@@ -78,7 +78,7 @@ def parse_accelerator_type(accelerator_type: str) -> tuple[TpuGeneration, int]:
 
 
 def slice_shape(accelerator_type: str) -> SliceShape:
-    """Hosts in a slice and chips on each: v4-32 -> 4 x 4, v5p-128 -> 16 x 4, v5litepod-16 -> 2 x 8."""
+    """Hosts and chips per host: v4-32 -> 4 x 4, v5p-128 -> 16 x 4, v5litepod-16 -> 2 x 8."""
     generation, count = parse_accelerator_type(accelerator_type)
     chips, odd_cores = divmod(count, generation.cores_per_chip)
     per_host = generation.chips_per_host
@@ -192,8 +192,9 @@ def _export_coordinator() -> str:
     """
     endpoints = ("curl -sf -m 10 -H Metadata-Flavor:Google http://metadata.google.internal"
                  "/computeMetadata/v1/instance/attributes/worker-network-endpoints")
+    address = f"$worker0:{JAX_TPU_COORDINATOR_PORT}"
     return (f"worker0=$({endpoints} | cut -d, -f1 | awk -F: '{{print $NF}}'); "
-            f"[ -z \"$worker0\" ] || export JAX_COORDINATOR_ADDRESS=$worker0:{JAX_TPU_COORDINATOR_PORT}")
+            f"[ -z \"$worker0\" ] || export JAX_COORDINATOR_ADDRESS={address}")
 
 
 def logs_plan(args) -> list:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gin
 
-from slm_jax import checkpoint, demo, model, optim, selection, sharding, train  # noqa: F401
+from slm_jax import checkpoint, demo, model, optim, scoring, selection, sharding, train  # noqa: F401
 from slm_jax.data import pipeline  # noqa: F401
 
 JOBS = {
     "train": train.train,   # SLM step 1 (mode clm on clean data) and step 3 (mode slm)
+    "score": scoring.score,  # SLM step 2 offline: reference losses stored per token
     "demo": demo.demo,      # the three steps end to end on the embedded corpus
 }
 

@@ -46,18 +46,19 @@ def init_state(model_config, tx, rng, shardings: TrainState) -> TrainState:
                        out_shardings=shardings)(rng)
 
 
-def batch_shardings(mesh: Mesh) -> dict:
-    return {k: sharding.batch_sharding(mesh) for k in BATCH_KEYS}
+def batch_shardings(mesh: Mesh, keys=BATCH_KEYS) -> dict:
+    return {k: sharding.batch_sharding(mesh) for k in keys}
 
 
-def jit_train_step(step_fn, state_sh: TrainState, ref_param_sh, mesh: Mesh):
+def jit_train_step(step_fn, state_sh: TrainState, ref_param_sh, mesh: Mesh,
+                   batch_keys=BATCH_KEYS):
     """jax.jit with explicit in/out shardings; the old state is donated."""
     return jax.jit(step_fn,
-                   in_shardings=(state_sh, ref_param_sh, batch_shardings(mesh)),
+                   in_shardings=(state_sh, ref_param_sh, batch_shardings(mesh, batch_keys)),
                    out_shardings=(state_sh, sharding.replicated(mesh)),
                    donate_argnums=(0,))
 
 
-def jit_eval_step(eval_fn, param_sh, mesh: Mesh):
+def jit_eval_step(eval_fn, param_sh, mesh: Mesh, out_sharding=None):
     return jax.jit(eval_fn, in_shardings=(param_sh, batch_shardings(mesh)),
-                   out_shardings=sharding.replicated(mesh))
+                   out_shardings=out_sharding or sharding.replicated(mesh))

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 SCOPES = ("batch", "sequence")
-MODES = ("clm", "slm")
+MODES = ("clm", "slm", "slm_offline")
 
 
 @gin.configurable
@@ -28,8 +28,10 @@ class SelectionConfig:
     """How the student's loss is formed.
 
     mode: "clm" trains on every token (no reference forward at all);
-        "slm" runs the frozen reference in the step and keeps the top tokens.
-    ratio: share of valid tokens kept in "slm" mode, in (0, 1].
+        "slm" runs the frozen reference in the step and keeps the top tokens;
+        "slm_offline" reads the reference's per-token losses stored by the
+        `score` job with the batch, so the step runs no reference forward.
+    ratio: share of valid tokens kept in the slm modes, in (0, 1].
     scope: "batch" ranks all tokens of the (micro-)batch together, "sequence"
         ranks each row separately.
     """
@@ -38,11 +40,15 @@ class SelectionConfig:
     ratio: float = 1.0
     scope: str = "batch"
 
+    @property
+    def selects(self) -> bool:
+        return self.mode != "clm"
+
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(
                     f"SelectionConfig.mode={self.mode!r} is not one of {MODES}; set "
-                    "--gin.SelectionConfig.mode='clm' or 'slm'.")
+                    "--gin.SelectionConfig.mode='clm', 'slm' or 'slm_offline'.")
         validate_ratio(self.ratio, "SelectionConfig.ratio")
         if self.scope not in SCOPES:
             raise ValueError(

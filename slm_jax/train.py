@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from slm_jax import checkpoint as ckpt_lib
 from slm_jax import model as model_lib
-from slm_jax import partition, sharding
+from slm_jax import partition, scoring, sharding
 from slm_jax.data import pipeline
 from slm_jax.metrics_log import MetricsLogger
 from slm_jax.optim import OptimizerConfig, make_optimizer
@@ -25,7 +25,7 @@ from slm_jax.selection import SelectionConfig
 from slm_jax.train_step import make_eval_step, make_train_step
 
 
-def _check_shapes(model, data, selection, reference_checkpoint, grad_accum, mesh):
+def _check_shapes(model, data, selection, reference_checkpoint, scored_data, grad_accum, mesh):
     if data.seq_len > model.max_seq_len:
         raise ValueError(
             f"DataConfig.seq_len={data.seq_len} is longer than ModelConfig.max_seq_len="
@@ -34,6 +34,9 @@ def _check_shapes(model, data, selection, reference_checkpoint, grad_accum, mesh
         raise ValueError("SelectionConfig.mode='slm' needs a reference model: set "
                          "--gin.train.reference_checkpoint to the checkpoints/ directory of "
                          "a reference `train` run.")
+    if selection.mode == "slm_offline" and not scored_data:
+        raise ValueError("SelectionConfig.mode='slm_offline' needs stored reference losses: set "
+                         "--gin.train.scored_data to the out_dir of a `score` job.")
     dp = sharding.data_parallel_size(mesh)
     if grad_accum < 1 or data.global_batch_size % grad_accum:
         raise ValueError(f"DataConfig.global_batch_size={data.global_batch_size} is not divisible "
@@ -67,6 +70,7 @@ def train(run_dir: str = gin.REQUIRED, *,
           reference_checkpoint: str | None = None,
           reference_model: model_lib.ModelConfig | None = None,
           reference_dtype: str = "bfloat16",
+          scored_data: str | None = None,
           init_checkpoint: str | None = None,
           grad_accum: int = 1,
           loss_chunk_size: int = 1024,
@@ -83,6 +87,8 @@ def train(run_dir: str = gin.REQUIRED, *,
       reference_checkpoint: checkpoints of the frozen reference model (mode "slm").
       reference_model: its ModelConfig when it differs from the student's.
       reference_dtype: dtype the reference params are cast to for its forward.
+      scored_data: out_dir of a `score` job (mode "slm_offline"); the batches
+        and their reference losses come from there instead of `data`'s files.
       init_checkpoint: start the params from this checkpoint (e.g. the base
         model) instead of a random init with `seed`.
       grad_accum: micro-batches per step; selection ranks within each one.
@@ -101,7 +107,7 @@ def train(run_dir: str = gin.REQUIRED, *,
         raise ValueError(f"reference vocab_size {reference_model.vocab_size} != student "
                          f"vocab_size {model.vocab_size}; excess loss needs one vocabulary.")
     mesh = sharding.make_mesh(mesh_config)
-    _check_shapes(model, data, selection, reference_checkpoint, grad_accum, mesh)
+    _check_shapes(model, data, selection, reference_checkpoint, scored_data, grad_accum, mesh)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
@@ -138,7 +144,8 @@ def train(run_dir: str = gin.REQUIRED, *,
         step_fn = partition.jit_train_step(
             make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
                             loss_chunk_size=loss_chunk_size, reference_model_config=reference_model),
-            state_sh, ref_sh, mesh)
+            state_sh, ref_sh, mesh,
+            batch_keys=scoring.SCORED_KEYS if selection.mode == "slm_offline" else partition.BATCH_KEYS)
         eval_fn = partition.jit_eval_step(make_eval_step(model, loss_chunk_size),
                                           state_sh.params, mesh)
 
@@ -148,9 +155,13 @@ def train(run_dir: str = gin.REQUIRED, *,
             return evaluate(eval_fn, state.params, itertools.islice(batches, eval_batches))
 
         start = int(jax.device_get(state.step))
-        batches = pipeline.global_batches(data, mesh, sharding.batch_sharding(mesh))
-        # Replays the data order up to the resumed step (a seekable reader is future work).
-        batches = itertools.islice(batches, start, None)
+        if selection.mode == "slm_offline":
+            batches = scoring.scored_batches(scored_data, data, mesh, sharding.batch_sharding(mesh),
+                                             start_step=start)
+        else:
+            batches = pipeline.global_batches(data, mesh, sharding.batch_sharding(mesh))
+            # Replays the data order up to the resumed step.
+            batches = itertools.islice(batches, start, None)
         logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
                                tokens_per_step=data.global_batch_size * data.seq_len,
                                name=os.path.basename(os.path.normpath(run_dir)), progress=progress)

@@ -1,7 +1,9 @@
 """The one jitted SLM step: reference forward, student forward+backward,
 excess loss, top-k mask and the optax update, all in one XLA program.
 
-    ref_loss_BT     = reference(batch)                 (frozen; skipped in "clm")
+    ref_loss_BT     = reference(batch)                 (frozen; skipped in "clm";
+                                                        read from batch["ref_loss"]
+                                                        in "slm_offline")
     loss_BT         = student(batch)
     excess_BT       = loss_BT - ref_loss_BT
     mask_BT         = select_tokens(excess_BT, weights_BT, ratio, scope)
@@ -68,16 +70,19 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
                     loss_chunk_size: int = 1024, reference_model_config=None) -> Callable:
     """Builds `step(state, ref_params, batch) -> (state, metrics)` (not yet jitted).
 
-    `ref_params` is ignored (may be None) in "clm" mode: no reference forward runs.
+    `ref_params` is ignored (may be None) in "clm" and "slm_offline" modes: no
+    reference forward runs; "slm_offline" batches carry "ref_loss" [B, T].
     """
     student_loss_fn = make_loss_fn(model_config, loss_chunk_size)
     reference_loss_fn = make_loss_fn(reference_model_config or model_config, loss_chunk_size)
-    use_reference = selection.mode == "slm"
+    use_reference = selection.selects
 
     def micro_step(params, ref_params, micro: Batch):
         weights_BT = micro["loss_weights"].astype(jnp.float32)
-        if use_reference:
+        if selection.mode == "slm":
             ref_loss_BT = jax.lax.stop_gradient(reference_loss_fn(ref_params, micro))
+        elif selection.mode == "slm_offline":
+            ref_loss_BT = micro["ref_loss"].astype(jnp.float32)
         else:
             ref_loss_BT = jnp.zeros_like(weights_BT)
 
@@ -133,6 +138,15 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return step
+
+
+def make_score_step(model_config, loss_chunk_size: int = 1024) -> Callable:
+    """(params, batch) -> per-token loss [B, T], zero where loss_weights is 0."""
+    loss_fn = make_loss_fn(model_config, loss_chunk_size)
+
+    def score_step(params, batch: Batch):
+        return loss_fn(params, batch) * (batch["loss_weights"] > 0)
+    return score_step
 
 
 def make_eval_step(model_config, loss_chunk_size: int = 1024) -> Callable:

@@ -61,7 +61,7 @@ def test_gin_typo_is_one_clear_line_from_the_real_cli(tmp_path):
     ("--gin.SelectionConfig.scope=row", r"SelectionConfig.scope='row' is not one of"),
     ("--gin.MeshConfig.data=3", r"MeshConfig .*does not divide the 8 devices|uses 3 devices but 8"),
     ("--gin.nosuch.thing=1", r"No configurable matching 'nosuch'"),
-    ("--gin.run.job=score", r"run.job='score' is not a job"),
+    ("--gin.run.job=nosuchjob", r"run.job=.nosuchjob. is not a job"),
 ])
 def test_bad_values_are_one_line_errors(capsys, corpus, tmp_path, flag, message):
     code, out = run_main(capsys, train_flags(corpus, tmp_path / "run", flag))
