@@ -1,0 +1,168 @@
+"""Step benchmark: CLM, SLM-online and SLM-offline in one process, as JSON lines.
+
+    python -m slm_jax.bench --gin_file=gin/bench/cpu_small.gin
+    (or any gin file with --gin.run.job=bench)
+
+Each mode runs warm-up steps, then timed steps on synthetic packed batches
+(the data pipeline is not timed). One JSON object per mode: step_s (median),
+tokens_per_s, model FLOPs per token, achieved FLOP/s, mfu, peak_mem_bytes,
+select_share (time of the top-k selection alone / step time) and the ratio
+to the CLM step.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slm_jax import model as model_lib
+from slm_jax import partition, sharding
+from slm_jax.optim import OptimizerConfig, make_optimizer
+from slm_jax.selection import SelectionConfig, select_tokens
+from slm_jax.train_step import make_train_step
+
+# Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s).
+SPEC_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+                   "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v6 lite": 918e12}
+
+
+def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token of one model: 6N for the matmul params plus
+    causal attention (QK^T and AV, 2 matmuls, half the positions masked)."""
+    n = model_lib.count_params(config)
+    if not config.tie_embeddings:
+        n -= config.vocab_size * config.d_model  # the input embedding is a gather, not a matmul
+    attn = 2 * 2 * config.n_layers * config.n_heads * config.resolved_head_dim * seq_len / 2
+    return 6 * n + 3 * attn
+
+
+def forward_flops_per_token(config, seq_len) -> float:
+    return flops_per_token(config, seq_len) / 3
+
+
+def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
+    """Packed rows of 4 documents each, all positions weighted."""
+    rng = np.random.default_rng(seed)
+    doc = seq_len // 4
+    return {
+        "inputs": rng.integers(3, vocab, (batch, seq_len)).astype(np.int32),
+        "targets": rng.integers(3, vocab, (batch, seq_len)).astype(np.int32),
+        "loss_weights": np.ones((batch, seq_len), np.float32),
+        "segment_ids": np.repeat(np.arange(1, 5, dtype=np.int32), doc)[None].repeat(batch, 0),
+        "positions": np.tile(np.arange(doc, dtype=np.int32), 4)[None].repeat(batch, 0),
+        "ref_loss": rng.random((batch, seq_len)).astype(np.float32) * 5,
+    }
+
+
+def measured_matmul_peak(dtype="float32", n=2048, reps=5) -> float:
+    """FLOP/s of a square matmul through XLA: the CPU's practical peak."""
+    x = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times)
+
+
+def device_peak() -> tuple[float, str]:
+    kind = jax.devices()[0].device_kind
+    if jax.default_backend() == "cpu":
+        return measured_matmul_peak(), "measured fp32 matmul (2048^3, XLA)"
+    for name, peak in SPEC_PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peak * jax.device_count(), f"spec bf16 dense peak of {kind}"
+    return measured_matmul_peak("bfloat16", 8192), f"measured bf16 matmul on {kind}"
+
+
+def peak_memory_bytes() -> int:
+    if jax.default_backend() == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("peak_bytes_in_use", 0))
+
+
+def time_fn(fn, n_warmup: int, n_steps: int) -> list[float]:
+    for _ in range(n_warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(n_steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return times
+
+
+@gin.configurable
+def bench(model: model_lib.ModelConfig | None = None, *,
+          batch_size: int = 8, seq_len: int = 512, ratio: float = 0.6,
+          modes=("clm", "slm_online", "slm_offline"), warmup_steps: int = 2,
+          timed_steps: int = 10, grad_accum: int = 1, loss_chunk_size: int = 1024,
+          reference_dtype: str = "bfloat16", mesh: sharding.MeshConfig | None = None) -> list[dict]:
+    model = model or model_lib.ModelConfig()
+    mesh_config = mesh or sharding.MeshConfig()
+    dev_mesh = sharding.make_mesh(mesh_config)
+    tx, schedule = make_optimizer(OptimizerConfig(), 1000)
+    state_sh = partition.state_shardings(model, tx, dev_mesh, mesh_config.rules)
+    param_sh = partition.param_shardings(model, dev_mesh, mesh_config.rules)
+    peak, peak_source = device_peak()
+    host_batch = synthetic_batch(batch_size, seq_len, model.vocab_size)
+    tokens = batch_size * seq_len
+    results = []
+    with sharding.activation_sharding(dev_mesh, mesh_config.rules):
+        ref_params = jax.jit(
+            lambda r: jax.tree.map(lambda x: x.astype(reference_dtype),
+                                   model_lib.init_params(model, r)),
+            out_shardings=param_sh)(jax.random.key(1))
+        for mode in modes:
+            selection = SelectionConfig(mode={"clm": "clm", "slm_online": "slm",
+                                              "slm_offline": "slm_offline"}[mode],
+                                        ratio=1.0 if mode == "clm" else ratio)
+            keys = partition.BATCH_KEYS + (("ref_loss",) if mode == "slm_offline" else ())
+            batch = jax.device_put({k: host_batch[k] for k in keys},
+                                   partition.batch_shardings(dev_mesh, keys))
+            step = partition.jit_train_step(
+                make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
+                                loss_chunk_size=loss_chunk_size),
+                state_sh, param_sh if mode == "slm_online" else None, dev_mesh, batch_keys=keys)
+            state = partition.init_state(model, tx, jax.random.key(0), state_sh)
+            ref = ref_params if mode == "slm_online" else None
+            holder = [state]
+
+            def one_step():
+                holder[0], metrics = step(holder[0], ref, batch)
+                return metrics
+            step_s = statistics.median(time_fn(one_step, warmup_steps, timed_steps))
+            del holder, state
+            flops = flops_per_token(model, seq_len) + (
+                forward_flops_per_token(model, seq_len) if mode == "slm_online" else 0.0)
+            select_s = 0.0
+            if mode != "clm":
+                select = jax.jit(lambda e, w: select_tokens(e, w, ratio, "batch"),
+                                 in_shardings=(sharding.batch_sharding(dev_mesh),) * 2)
+                excess, weights = batch.get("ref_loss", batch["loss_weights"]), batch["loss_weights"]
+                select_s = statistics.median(time_fn(lambda: select(excess, weights),
+                                                     warmup_steps, timed_steps))
+            results.append({
+                "mode": mode, "step_s": step_s, "tokens_per_s": tokens / step_s,
+                "model_flops_per_token": flops, "achieved_flops": flops * tokens / step_s,
+                "mfu": flops * tokens / step_s / peak, "peak_flops": peak,
+                "peak_source": peak_source, "peak_mem_bytes": peak_memory_bytes(),
+                "select_share": select_s / step_s, "batch_tokens": tokens,
+                "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+            })
+    clm = next((r for r in results if r["mode"] == "clm"), None)
+    for r in results:
+        if clm is not None:
+            r["ratio_to_clm"] = r["step_s"] / clm["step_s"]
+        print(json.dumps(r), flush=True)
+    return results
