@@ -21,6 +21,23 @@ from slm_jax.data import demo_corpus, pipeline, tokenizer
 from slm_jax.selection import SelectionConfig
 
 
+def prepare_demo_data(work_dir: str, *, vocab_size: int, seed: int):
+    """Generates the corpus and its SentencePiece model under work_dir/corpus.
+
+    Returns (corpus paths, data_on) where data_on(tfrecord, **overrides) is a
+    DataConfig over that split (gin-bound fields such as seq_len apply).
+    """
+    corpus = demo_corpus.generate_corpus(os.path.join(work_dir, "corpus"), seed=seed)
+    vocab_path = tokenizer.train_sentencepiece(
+        [corpus.web_jsonl, corpus.clean_jsonl], os.path.join(work_dir, "corpus", "spm"),
+        vocab_size=vocab_size, seed=seed)
+
+    def data_on(tfrecord, **overrides):
+        return dataclasses.replace(pipeline.DataConfig(file_pattern=tfrecord, vocab_path=vocab_path),
+                                   **overrides)
+    return corpus, data_on
+
+
 @gin.configurable
 def demo(work_dir: str = "runs/demo", *,
          reference_steps: int = 150,
@@ -35,15 +52,7 @@ def demo(work_dir: str = "runs/demo", *,
     Returns {"reference": loss, "clm": loss, "slm": loss, "tokens": n}.
     """
     SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
-    corpus = demo_corpus.generate_corpus(os.path.join(work_dir, "corpus"), seed=corpus_seed)
-    vocab_path = tokenizer.train_sentencepiece(
-        [corpus.web_jsonl, corpus.clean_jsonl], os.path.join(work_dir, "corpus", "spm"),
-        vocab_size=vocab_size, seed=corpus_seed)
-
-    def data_on(tfrecord, **kw):
-        return dataclasses.replace(pipeline.DataConfig(file_pattern=tfrecord, vocab_path=vocab_path),
-                                   **kw)
-
+    corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
     eval_data = data_on(corpus.eval_tfrecord, shuffle=False)
     runs = {
         "reference": dict(data=data_on(corpus.clean_tfrecord), num_steps=reference_steps,

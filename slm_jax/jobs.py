@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gin
 
-from slm_jax import checkpoint, demo, model, optim, scoring, selection, sharding  # noqa: F401
+from slm_jax import checkpoint, demo, experiment, model, optim, scoring, selection, sharding  # noqa: F401
 from slm_jax import step_benchmark, train
 from slm_jax.data import pipeline  # noqa: F401
 
@@ -12,6 +12,7 @@ JOBS = {
     "train": train.train,   # SLM step 1 (mode clm on clean data) and step 3 (mode slm)
     "score": scoring.score,  # SLM step 2 offline: reference losses stored per token
     "demo": demo.demo,      # the three steps end to end on the embedded corpus
+    "experiment": experiment.experiment,  # SLM vs CLM curves in miniature (Figure 1)
     "bench": step_benchmark.bench,  # step time, MFU and SLM/CLM ratios (JSON lines)
     "analyze": __import__("slm_jax.analysis.job", fromlist=["job"]).analyze,  # Rho-1 §2.1, Fig. 2
 }

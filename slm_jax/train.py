@@ -58,7 +58,7 @@ def evaluate(eval_fn, params, batches) -> float:
     return loss_sum / max(weight_sum, 1.0)
 
 
-@gin.configurable(denylist=["progress"])
+@gin.configurable(denylist=["progress", "eval_hook"])
 def train(run_dir: str = gin.REQUIRED, *,
           num_steps: int = 1000,
           model: model_lib.ModelConfig | None = None,
@@ -79,7 +79,8 @@ def train(run_dir: str = gin.REQUIRED, *,
           eval_every: int = 0,
           eval_batches: int = 8,
           seed: int = 0,
-          progress: bool = True) -> dict:
+          progress: bool = True,
+          eval_hook=None) -> dict:
     """Trains for `num_steps` (resuming from `run_dir/checkpoints` if present).
 
     Args:
@@ -87,12 +88,15 @@ def train(run_dir: str = gin.REQUIRED, *,
       reference_checkpoint: checkpoints of the frozen reference model (mode "slm").
       reference_model: its ModelConfig when it differs from the student's.
       reference_dtype: dtype the reference params are cast to for its forward.
-      scored_data: out_dir of a `score` job (mode "slm_offline"); the batches
-        and their reference losses come from there instead of `data`'s files.
+      scored_data: out_dir of a `score` job; the batches (and, in mode
+        "slm_offline", their reference losses) come from there instead of
+        `data`'s files, so runs of any mode can train on the same tokens.
       init_checkpoint: start the params from this checkpoint (e.g. the base
         model) instead of a random init with `seed`.
       grad_accum: micro-batches per step; selection ranks within each one.
       eval_data: held-out data, evaluated every `eval_every` steps and at the end.
+      eval_hook: (params) -> dict of extra eval metrics (e.g. accuracy), logged
+        with the eval loss.
 
     Returns:
       The last logged train metrics and the final eval loss ("eval_loss").
@@ -145,17 +149,19 @@ def train(run_dir: str = gin.REQUIRED, *,
             make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
                             loss_chunk_size=loss_chunk_size, reference_model_config=reference_model),
             state_sh, ref_sh, mesh,
-            batch_keys=scoring.SCORED_KEYS if selection.mode == "slm_offline" else partition.BATCH_KEYS)
+            batch_keys=scoring.SCORED_KEYS if scored_data else partition.BATCH_KEYS)
         eval_fn = partition.jit_eval_step(make_eval_step(model, loss_chunk_size),
                                           state_sh.params, mesh)
 
-        def eval_loss():
+        def eval_metrics():
             batches = pipeline.global_batches(eval_data, mesh, sharding.batch_sharding(mesh),
                                               repeat=False)
-            return evaluate(eval_fn, state.params, itertools.islice(batches, eval_batches))
+            metrics = {"loss": evaluate(eval_fn, state.params,
+                                        itertools.islice(batches, eval_batches))}
+            return {**metrics, **(eval_hook(state.params) if eval_hook else {})}
 
         start = int(jax.device_get(state.step))
-        if selection.mode == "slm_offline":
+        if scored_data:
             batches = scoring.scored_batches(scored_data, data, mesh, sharding.batch_sharding(mesh),
                                              start_step=start)
         else:
@@ -174,11 +180,12 @@ def train(run_dir: str = gin.REQUIRED, *,
                 if done % log_every == 0 or done == num_steps:
                     summary = logger.log(done, metrics)
                 if eval_data is not None and eval_every and done % eval_every == 0 and done < num_steps:
-                    logger.log(done, {"loss": eval_loss()}, prefix="eval_")
+                    logger.log(done, eval_metrics(), prefix="eval_")
                 checkpointer.save(state, force=done == num_steps)
             if eval_data is not None:
-                summary["eval_loss"] = eval_loss()
-                logger.log(num_steps, {"loss": summary["eval_loss"]}, prefix="eval_")
+                final = eval_metrics()
+                summary.update({"eval_" + k: v for k, v in final.items()})
+                logger.log(num_steps, final, prefix="eval_")
         finally:
             checkpointer.close()
             logger.close()
