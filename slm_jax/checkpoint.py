@@ -43,6 +43,12 @@ class Checkpointer:
                 enable_async_checkpointing=config.async_save),
             item_names=("params", "opt_state", "meta"))
 
+    def due(self, step: int) -> bool:
+        return step % self.config.every_steps == 0
+
+    def reached_preemption(self, step: int) -> bool:
+        return self._manager.reached_preemption(step)
+
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 

@@ -6,6 +6,7 @@ import gin
 
 from slm_jax import checkpoint, demo, experiment, model, optim, scoring, selection, sharding  # noqa: F401
 from slm_jax import step_benchmark, train
+from slm_jax.analysis import job as analysis_job
 from slm_jax.data import pipeline  # noqa: F401
 
 JOBS = {
@@ -14,7 +15,7 @@ JOBS = {
     "demo": demo.demo,      # the three steps end to end on the embedded corpus
     "experiment": experiment.experiment,  # SLM vs CLM curves in miniature (Figure 1)
     "bench": step_benchmark.bench,  # step time, MFU and SLM/CLM ratios (JSON lines)
-    "analyze": __import__("slm_jax.analysis.job", fromlist=["job"]).analyze,  # Rho-1 §2.1, Fig. 2
+    "analyze": analysis_job.analyze,  # Rho-1 §2.1, Fig. 2
 }
 
 

@@ -49,6 +49,8 @@ def parse_flags(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def _gin_literal(value: str) -> str:
     """Bare words and paths become strings, so --gin.train.run_dir=/tmp/x works unquoted."""
+    if value.startswith(("@", "%")):  # a configurable reference or a macro
+        return value
     try:
         gin.config_parser.ConfigParser(f"x = {value}", gin.config.ParserDelegate()).parse_statement()
         return value
@@ -75,6 +77,7 @@ def parse_config(files: list[str], bindings: list[str]):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
+        import slm_jax.jobs  # noqa: F401  (configurables first, so flags can reference them)
         files, bindings = parse_flags(argv)
         parse_config(files or [DEFAULT_GIN_FILE], bindings)
         from slm_jax import sharding

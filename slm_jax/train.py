@@ -7,9 +7,12 @@ high-quality data; step 3 (the student) is this job in "slm" mode with
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
+import signal
+import threading
 
 import gin
 import jax
@@ -21,6 +24,7 @@ from slm_jax import partition, scoring, sharding
 from slm_jax.data import pipeline
 from slm_jax.metrics_log import MetricsLogger
 from slm_jax.optim import OptimizerConfig, make_optimizer
+from slm_jax.run_record import write_run_record
 from slm_jax.selection import SelectionConfig
 from slm_jax.train_step import make_eval_step, make_train_step
 
@@ -47,6 +51,46 @@ def _check_shapes(model, data, selection, reference_checkpoint, scored_data, gra
             f"micro-batch of {micro} sequences (DataConfig.global_batch_size="
             f"{data.global_batch_size} / train.grad_accum={grad_accum}) is not divisible by "
             f"the data-parallel size {dp} (MeshConfig data x fsdp); change the batch or the mesh.")
+
+
+class NonFiniteError(ValueError):
+    pass
+
+
+def _check_finite(metrics, step: int, on_nonfinite: str):
+    """The step never applies a non-finite update; "stop" also ends the run here."""
+    if on_nonfinite == "stop" and float(jax.device_get(metrics["skipped"])) > 0:
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {step} (loss="
+            f"{float(jax.device_get(metrics['loss']))}); the update was not applied and no "
+            "checkpoint was written after it. Lower OptimizerConfig.learning_rate, check the "
+            "data, or set --gin.train.on_nonfinite=skip to skip such updates.")
+
+
+class PreemptionWatcher:
+    """SIGTERM (TPU maintenance, spot reclaim) -> finish the step, checkpoint, exit 0.
+
+    Multi-host runs also ask orbax whether JAX's preemption service has seen a
+    preemption on any host, so every host stops at the same step.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        self.requested = True
+
+    def reached(self, checkpointer, step: int) -> bool:
+        if jax.process_count() > 1:
+            return checkpointer.reached_preemption(step) or self.requested
+        return self.requested
+
+    def close(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def evaluate(eval_fn, params, batches) -> float:
@@ -79,6 +123,7 @@ def train(run_dir: str = gin.REQUIRED, *,
           eval_every: int = 0,
           eval_batches: int = 8,
           seed: int = 0,
+          on_nonfinite: str = "stop",
           progress: bool = True,
           eval_hook=None) -> dict:
     """Trains for `num_steps` (resuming from `run_dir/checkpoints` if present).
@@ -95,6 +140,9 @@ def train(run_dir: str = gin.REQUIRED, *,
         model) instead of a random init with `seed`.
       grad_accum: micro-batches per step; selection ranks within each one.
       eval_data: held-out data, evaluated every `eval_every` steps and at the end.
+      on_nonfinite: a NaN/Inf loss or gradient is never applied; "stop" ends the
+        run with an error naming the step (the last checkpoint stays the last
+        good one), "skip" goes on with the next batch.
       eval_hook: (params) -> dict of extra eval metrics (e.g. accuracy), logged
         with the eval loss.
 
@@ -110,6 +158,8 @@ def train(run_dir: str = gin.REQUIRED, *,
     if reference_model.vocab_size != model.vocab_size:
         raise ValueError(f"reference vocab_size {reference_model.vocab_size} != student "
                          f"vocab_size {model.vocab_size}; excess loss needs one vocabulary.")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"train.on_nonfinite={on_nonfinite!r} must be 'stop' or 'skip'.")
     mesh = sharding.make_mesh(mesh_config)
     _check_shapes(model, data, selection, reference_checkpoint, scored_data, grad_accum, mesh)
     try:
@@ -117,6 +167,15 @@ def train(run_dir: str = gin.REQUIRED, *,
     except OSError as e:
         raise ValueError(f"train.run_dir={run_dir!r} is not writable ({e.strerror}); "
                          "choose another --gin.train.run_dir.") from e
+    if not os.access(run_dir, os.W_OK):
+        raise ValueError(f"train.run_dir={run_dir!r} is not writable; choose another "
+                         "--gin.train.run_dir.")
+    write_run_record(run_dir, mesh, {
+        "job": "train", "num_steps": num_steps, "grad_accum": grad_accum,
+        "reference_checkpoint": reference_checkpoint, "scored_data": scored_data,
+        **{name: dataclasses.asdict(cfg) for name, cfg in [
+            ("model", model), ("data", data), ("selection", selection),
+            ("optimizer", optimizer), ("mesh_config", mesh_config)]}})
 
     tx, schedule = make_optimizer(optimizer, num_steps)
     state_sh = partition.state_shardings(model, tx, mesh, mesh_config.rules)
@@ -172,21 +231,37 @@ def train(run_dir: str = gin.REQUIRED, *,
                                tokens_per_step=data.global_batch_size * data.seq_len,
                                name=os.path.basename(os.path.normpath(run_dir)), progress=progress)
         summary = {}
+        preemption = PreemptionWatcher()
+        last_metrics = None  # checked one step late so the host never stalls the device
         try:
             for step in range(start, num_steps):
                 state, metrics = step_fn(state, ref_params, next(batches))
                 done = step + 1
+                if last_metrics is not None:
+                    _check_finite(last_metrics, done - 1, on_nonfinite)
+                last_metrics = metrics
                 logger.step_done(done)
                 if done % log_every == 0 or done == num_steps:
                     summary = logger.log(done, metrics)
                 if eval_data is not None and eval_every and done % eval_every == 0 and done < num_steps:
                     logger.log(done, eval_metrics(), prefix="eval_")
-                checkpointer.save(state, force=done == num_steps)
-            if eval_data is not None:
-                final = eval_metrics()
-                summary.update({"eval_" + k: v for k, v in final.items()})
-                logger.log(num_steps, final, prefix="eval_")
+                stop = preemption.reached(checkpointer, done)
+                if stop or checkpointer.due(done) or done == num_steps:
+                    _check_finite(metrics, done, on_nonfinite)  # never checkpoint a bad state
+                    checkpointer.save(state, force=True)
+                if stop:
+                    logging.warning("preempted: checkpoint of step %d written; exiting", done)
+                    print(f"[{logger.name}] preempted at step {done}; checkpoint saved, "
+                          "re-run the same command to resume", flush=True)
+                    summary["preempted"] = True
+                    break
+            else:
+                if eval_data is not None:
+                    final = eval_metrics()
+                    summary.update({"eval_" + k: v for k, v in final.items()})
+                    logger.log(num_steps, final, prefix="eval_")
         finally:
+            preemption.close()
             checkpointer.close()
             logger.close()
     summary["step"] = int(jax.device_get(state.step))

@@ -122,14 +122,20 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         n_selected = jnp.maximum(sums["selected"], 1.0)
         n_tokens = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / n_selected, grads)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # A NaN/Inf loss or gradient never reaches the params or the moments.
+        finite = jnp.isfinite(grad_norm) & jnp.isfinite(sums["selected_loss"])
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))
         metrics = {
             "loss": sums["loss"] / n_tokens,
             "selected_loss": sums["selected_loss"] / n_selected,
             "selected_frac": sums["selected"] / n_tokens,
             "tokens": sums["tokens"],
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": grad_norm,
+            "skipped": 1.0 - finite.astype(jnp.float32),
             "lr": schedule(state.step),
         }
         if use_reference:

@@ -98,6 +98,8 @@ def test_train_logs_checkpoints_and_resumes(capsys, corpus, tmp_path):
     assert "step 4/4" in out.out + out.err
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
     assert os.listdir(run_dir / "tensorboard")
+    assert "ModelConfig.d_model = 64" in (run_dir / "config.gin").read_text()
+    assert json.loads((run_dir / "run_record.json").read_text())["git_sha"]
     # A later run with more steps continues from step 4 instead of starting over.
     gin.clear_config()
     code, out = run_main(capsys, train_flags(corpus, run_dir, "--gin.train.num_steps=6",

@@ -1,0 +1,95 @@
+"""Numerical faults, SIGTERM preemption and run records."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from slm_jax import model as model_lib
+from slm_jax.checkpoint import CheckpointConfig, restore_params
+from slm_jax import partition, sharding
+from slm_jax.data import demo_corpus, pipeline, tokenizer
+from slm_jax.optim import OptimizerConfig
+from slm_jax.train import NonFiniteError, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                             mlp_dim=64, max_seq_len=64, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robust")
+    paths = demo_corpus.generate_corpus(str(root), seed=3, n_web_docs=150, n_clean_docs=10,
+                                        n_eval_docs=10)
+    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)
+    return pipeline.DataConfig(file_pattern=paths.web_tfrecord, vocab_path=vocab, seq_len=64,
+                               global_batch_size=8)
+
+
+def exploding(tmp_path, web, on_nonfinite):
+    # lr 1e30: step 1's update is finite but huge, so step 2's forward overflows.
+    return train(run_dir=str(tmp_path), data=web, model=TINY, num_steps=4, progress=False,
+                 optimizer=OptimizerConfig(learning_rate=1e30, clip_norm=1e30),
+                 checkpoint=CheckpointConfig(every_steps=1, keep=10), on_nonfinite=on_nonfinite,
+                 log_every=1)
+
+
+def test_nonfinite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, web):
+    with pytest.raises(NonFiniteError, match="non-finite loss or gradient at step 2"):
+        exploding(tmp_path / "run", web, "stop")
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1"]
+    params = restore_params(str(tmp_path / "run" / "checkpoints"), model_lib.abstract_params(TINY),
+                            partition.param_shardings(TINY, sharding.make_mesh(sharding.MeshConfig())),
+                            binding="x")
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+
+
+def test_nonfinite_updates_can_be_skipped(tmp_path, web):
+    summary = exploding(tmp_path / "run", web, "skip")
+    assert summary["step"] == 4 and summary["skipped"] == 1.0
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["skipped"] for ln in lines] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_run_record(tmp_path, web):
+    train(run_dir=str(tmp_path / "run"), data=web, model=TINY, num_steps=1, progress=False)
+    record = json.loads((tmp_path / "run" / "run_record.json").read_text())
+    assert record["packages"]["jax"] == jax.__version__
+    assert record["devices"]["device_count"] == 8 and record["devices"]["mesh"]["data"] == 8
+    assert record["selection"]["mode"] == "clm" and len(record["history"]) == 1
+    assert record["model"]["d_model"] == 32 and record["data"]["seq_len"] == 64
+    assert (tmp_path / "run" / "config.gin").exists()  # gin bindings; empty when called from Python
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path, web):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/models/tiny.gin",
+           "--gin.run.job=train", f"--gin.train.run_dir={run_dir}", "--gin.train.num_steps=100000",
+           f"--gin.DataConfig.file_pattern={web.file_pattern}",
+           f"--gin.DataConfig.vocab_path={web.vocab_path}", "--gin.DataConfig.seq_len=64",
+           "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=1",
+           "--gin.CheckpointConfig.every_steps=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    seen_steps = 0
+    for line in proc.stdout:  # wait until training is really under way
+        if "step 3/" in line:
+            seen_steps = 3
+            break
+    assert seen_steps == 3
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    elapsed = time.perf_counter() - sent
+    assert proc.returncode == 0, out[-3000:]
+    assert "preempted at step" in out
+    saved = [int(s) for s in os.listdir(run_dir / "checkpoints")]
+    assert len(saved) == 1 and saved[0] >= 3
+    print(f"SIGTERM -> checkpoint written and exit in {elapsed:.2f}s")
