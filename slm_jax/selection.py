@@ -12,6 +12,7 @@ each row alone (`scope="sequence"`) is the ablation.
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import math
 
 import gin
@@ -63,26 +64,50 @@ def validate_ratio(ratio: float, binding: str = "ratio") -> None:
                 f"e.g. 0.6 for Rho-1 1B); set --gin.{binding}=0.6.")
 
 
-def _num_selected(num_valid, ratio: float):
-    """m = floor(ratio * n + 0.5), at least 1 when n >= 1 (n may be traced)."""
-    m = jnp.floor(ratio * num_valid.astype(jnp.float32) + 0.5).astype(jnp.int32)
-    return jnp.where(num_valid >= 1, jnp.maximum(m, 1), 0)
+# ratio is read as the nearest fraction p/q with q <= this, so 0.7 is exactly
+# 7/10 and m below is exact integer arithmetic that fits int32 for any n:
+# float32 (or a fused multiply-add) would put floor(0.7 * 45 + 0.5) at 31 or
+# 32 depending on backend.
+RATIO_MAX_DENOMINATOR = 10_000
+
+
+def ratio_fraction(ratio: float) -> fractions.Fraction:
+    return fractions.Fraction(ratio).limit_denominator(RATIO_MAX_DENOMINATOR)
+
+
+def num_selected(num_valid, ratio: float):
+    """m = floor(ratio * n + 1/2), at least 1 when n >= 1 (n may be traced)."""
+    frac = ratio_fraction(ratio)
+    p, q = frac.numerator, frac.denominator
+    # n = a*q + r, so ratio*n + 1/2 = p*a + (2*p*r + q) / (2*q), all in int32.
+    n = jnp.asarray(num_valid, jnp.int32)
+    a, r = n // q, n % q
+    m = p * a + (2 * p * r + q) // (2 * q)
+    return jnp.where(n >= 1, jnp.maximum(m, 1), 0)
 
 
 def _select_flat(excess_N, valid_N, ratio: float):
     """0/1 mask over one flat scope of N positions."""
     n_positions = excess_N.shape[0]
     # Static bound on m for any number of valid positions n <= N.
-    k_max = max(1, min(n_positions, math.floor(ratio * n_positions + 0.5)))
+    k_max = max(1, min(n_positions, math.floor(ratio_fraction(ratio) * n_positions
+                                               + fractions.Fraction(1, 2))))
     # Invalid positions sit strictly below every valid one, even a valid -inf.
     lowest = jnp.finfo(jnp.float32).min
     score_N = jnp.where(valid_N, jnp.maximum(excess_N.astype(jnp.float32), lowest),
                                             -jnp.inf)
-    # lax.top_k breaks ties towards the lower index, as the spec asks.
-    _, top_idx_K = jax.lax.top_k(score_N, k_max)
-    m = _num_selected(valid_N.sum(), ratio)
-    keep_K = (jnp.arange(k_max) < m).astype(jnp.float32)
-    return jnp.zeros((n_positions,), jnp.float32).at[top_idx_K].set(keep_K)
+    m = num_selected(valid_N.sum(), ratio)
+    # top_k only gives the m-th largest score: XLA's top_k does not promise
+    # which of several equal scores it returns, so ties at the threshold are
+    # resolved explicitly, towards the lower index as the spec asks.
+    top_K, _ = jax.lax.top_k(score_N, k_max)
+    threshold = top_K[jnp.clip(m - 1, 0, k_max - 1)]
+    above_N = score_N > threshold
+    tied_N = score_N == threshold
+    tie_rank_N = jnp.cumsum(tied_N.astype(jnp.int32))
+    room = m - above_N.sum()
+    keep_N = valid_N & (above_N | (tied_N & (tie_rank_N <= room))) & (m > 0)
+    return keep_N.astype(jnp.float32)
 
 
 def select_tokens(excess_loss, loss_weights, ratio: float,
@@ -94,7 +119,8 @@ def select_tokens(excess_loss, loss_weights, ratio: float,
         loss_weights: [B, T] 0/1; weight-0 positions (padding, document
             boundaries) are never selected and do not count towards n.
         ratio: in (0, 1]. Within each scope, with n valid positions, exactly
-            m = floor(ratio * n + 0.5) positions are kept (at least 1 if n >= 1).
+            m = floor(ratio * n + 0.5) positions are kept (at least 1 if n >= 1),
+            computed exactly with ratio read as a fraction (`ratio_fraction`).
             ratio = 1.0 keeps every valid token, so SLM at 100% is CLM.
         scope: "batch" ranks all B*T positions together; "sequence" each row.
 
