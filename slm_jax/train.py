@@ -179,6 +179,7 @@ def train(run_dir: str = gin.REQUIRED, *,
 
     tx, schedule = make_optimizer(optimizer, num_steps)
     state_sh = partition.state_shardings(model, tx, mesh, mesh_config.rules)
+    data_state_dir = os.path.join(run_dir, "data_state")
     checkpointer = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
                                          checkpoint or ckpt_lib.CheckpointConfig())
     with sharding.activation_sharding(mesh, mesh_config.rules):
@@ -224,9 +225,11 @@ def train(run_dir: str = gin.REQUIRED, *,
             batches = scoring.scored_batches(scored_data, data, mesh, sharding.batch_sharding(mesh),
                                              start_step=start)
         else:
-            batches = pipeline.global_batches(data, mesh, sharding.batch_sharding(mesh))
-            # Replays the data order up to the resumed step.
-            batches = itertools.islice(batches, start, None)
+            # Continues the data order at the resumed step from the positions
+            # saved with its checkpoint (replaying up to it if they are missing).
+            batches = pipeline.make_train_iterator(
+                    data, mesh, sharding.batch_sharding(mesh),
+                    restore_from=(data_state_dir, start))
         logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
                                tokens_per_step=data.global_batch_size * data.seq_len,
                                name=os.path.basename(os.path.normpath(run_dir)), progress=progress)
@@ -249,6 +252,8 @@ def train(run_dir: str = gin.REQUIRED, *,
                 if stop or checkpointer.due(done) or done == num_steps:
                     _check_finite(metrics, done, on_nonfinite)  # never checkpoint a bad state
                     checkpointer.save(state, force=True)
+                    if not scored_data:  # scored batches are seekable by step already
+                        batches.save(data_state_dir, done, keep=checkpointer.config.keep)
                 if stop:
                     logging.warning("preempted: checkpoint of step %d written; exiting", done)
                     print(f"[{logger.name}] preempted at step {done}; checkpoint saved, "

@@ -83,8 +83,12 @@ def uninterrupted(data, tmp_path_factory):
 def test_sigkill_and_restart_is_bit_exact(data, uninterrupted, tmp_path, kill_step):
     run_dir = tmp_path / "run"
     kill_at(data, run_dir, kill_step)
-    subprocess.run(command(data, run_dir), cwd=REPO, check=True, capture_output=True, timeout=300)
+    restarted = subprocess.run(command(data, run_dir), cwd=REPO, check=True, capture_output=True,
+                               text=True, timeout=300)
     assert_bitwise_equal(uninterrupted, run_dir)
+    # The data order came back from the positions saved with the checkpoint, not a replay.
+    assert os.listdir(run_dir / "data_state")
+    assert "no saved data order" not in restarted.stderr
 
 
 def test_a_checkpoint_torn_mid_write_is_ignored_on_restart(data, uninterrupted, tmp_path):

@@ -11,27 +11,34 @@ with seqio's packer, and each row gives a next-token-prediction view:
 
 so no prediction crosses a document boundary and padding (segment 0) never
 counts. A document longer than a row continues in the next chunk: that
-chunk has no BOS, its positions restart at 0, and it is packed right after. seqio's own decoder shift is not used: it writes id 0 at segment
-starts, which is a real token (unk) in Llama-style vocabularies.
+chunk has no BOS, its positions restart at 0, and it is packed right after.
+seqio's own decoder shift is not used: it writes id 0 at segment starts,
+which is a real token (unk) in Llama-style vocabularies.
 
-Sharding: host ``i`` of ``n`` reads shard ``ShardInfo(i, n)``. seqio shards
-by file when there are at least ``n`` files and by example otherwise; the
-latter is only disjoint because every host uses the same seed, so keep
-``DataConfig.seed`` identical across hosts.
+Data order (streams.py): the global batch at step ``s`` is a pure function
+of the seed, ``s`` and the data -- ``DataConfig.num_streams`` streams, each
+reading ``seqio.ShardInfo(k, num_streams)`` of the documents, give
+``global_batch_size / num_streams`` rows each. A host builds only the streams
+whose rows its devices hold, so the batches do not depend on the number of
+hosts, and each stream can be saved and resumed exactly
+(:func:`make_train_iterator`). Every stream uses the same seed: seqio shards by
+file when there are at least ``num_streams`` files and by example otherwise,
+and the latter is only disjoint when all streams read the files in one order.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Optional, Union
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from slm_jax.data.tasks import register_text_task  # noqa: E402  (hides GPUs from TF first)
+from slm_jax.data import openwebmath, streams  # noqa: E402  (hides GPUs from TF first)
 
 import gin  # noqa: E402
 import jax  # noqa: E402
@@ -48,37 +55,87 @@ _REQUIRED = ""  # Sentinel for bindings without a sensible default.
 class DataConfig:
     """Where the training text lives and how it is cut into batches."""
 
-    file_pattern: str = _REQUIRED  # TFRecord files of tf.train.Example{text}
+    file_pattern: str = _REQUIRED  # TFRecord files of tf.train.Example{text} (source "files")
     vocab_path: str = _REQUIRED  # SentencePiece .model
     seq_len: int = 2048
     global_batch_size: int = 8  # sequences per global batch (all hosts together)
     seed: int = 0
     shuffle: bool = True
-    shuffle_buffer: int = 1000
-    task_name: Optional[str] = None  # default derived from file_pattern and vocab_path
+    shuffle_buffer: int = 1000  # documents
+    task_name: Optional[str] = None  # default derived from the source and vocab_path
+    source: str = "files"  # "files" or "tfds" (see openwebmath.py)
+    tfds_name: Optional[str] = None  # e.g. openwebmath.TFDS_NAME (source "tfds")
+    tfds_data_dir: Optional[str] = None  # tfds data_dir; alone: a prepared dataset's version dir
+    # Streams making up each global batch; the data order depends on it (and
+    # not on the hosts), so fix it for a run: a multiple of every host count
+    # you may use that divides global_batch_size.
+    num_streams: int = 1
 
     def __post_init__(self):
-        for field in ("file_pattern", "vocab_path"):
+        if self.source not in openwebmath.SOURCES:
+            raise ValueError(f"DataConfig.source={self.source!r} must be one of {openwebmath.SOURCES}.")
+        required = ["vocab_path"] + (["file_pattern"] if self.source == "files" else [])
+        for field in sorted(required):
             if not getattr(self, field):
                 raise ValueError(
                     f"DataConfig.{field} is required; bind it in gin "
                     f"(DataConfig.{field} = '...') or pass {field}=."
                 )
-        for field in ("seq_len", "global_batch_size", "shuffle_buffer"):
+        if self.source == "tfds" and not (self.tfds_name or self.tfds_data_dir):
+            raise ValueError("DataConfig.source='tfds' needs DataConfig.tfds_name (e.g. "
+                             f"{openwebmath.TFDS_NAME!r}) or DataConfig.tfds_data_dir.")
+        for field in ("seq_len", "global_batch_size", "shuffle_buffer", "num_streams"):
             if getattr(self, field) < 1:
                 raise ValueError(f"DataConfig.{field} must be positive, got {getattr(self, field)}.")
+        streams.layout(self.num_streams, self.global_batch_size)
+
+    def _inputs(self) -> str:
+        if self.source == "files":
+            return self.file_pattern
+        return f"tfds:{self.tfds_name or ''}@{self.tfds_data_dir or ''}"
 
     def resolved_task_name(self) -> str:
         """The seqio task name: ``task_name`` or one derived from the inputs."""
         if self.task_name:
             return self.task_name
-        digest = hashlib.sha1(f"{self.file_pattern}\0{self.vocab_path}".encode()).hexdigest()[:12]
-        stem = re.sub(r"\W+", "_", os.path.basename(self.file_pattern.rstrip("/")))[:40]
+        digest = hashlib.sha1(f"{self._inputs()}\0{self.vocab_path}".encode()).hexdigest()[:12]
+        stem = re.sub(r"\W+", "_", os.path.basename(self._inputs().rstrip("/")))[:40]
         return f"slm_text_{stem}_{digest}"
+
+
+def register_task(config: DataConfig) -> seqio.Task:
+    """Registers the config's seqio Task (files or TFDS) under its resolved name."""
+    return openwebmath.register_corpus_task(
+        config.resolved_task_name(), config.vocab_path, source=config.source,
+        file_pattern=config.file_pattern, tfds_name=config.tfds_name,
+        tfds_data_dir=config.tfds_data_dir)
 
 
 # --------------------------------------------------------------------------
 # tf.data stages.
+
+
+def _documents(task: seqio.Task, config: DataConfig, shard_index: int, num_shards: int,
+               repeat: bool, skip: int) -> tf.data.Dataset:
+    """Tokenised documents of one shard in the seed's order, from document ``skip`` on.
+
+    What seqio's ``Task.get_dataset`` does, except that documents are shuffled
+    before tokenising: skipping them on a restart then costs only reading.
+    """
+    source = task.source
+    shard = seqio.ShardInfo(index=shard_index, num_shards=num_shards) if num_shards > 1 else None
+    by_source = shard is None or source.supports_arbitrary_sharding or (
+        len(source.list_shards(split="train")) >= num_shards)
+    documents = source.get_dataset(split="train", shuffle=config.shuffle, seed=config.seed,
+                                   shard_info=shard if by_source else None)
+    if not by_source:
+        documents = documents.shard(num_shards, shard_index)
+    if repeat:
+        documents = documents.repeat()
+    if config.shuffle:
+        documents = documents.shuffle(config.shuffle_buffer, seed=config.seed)
+    documents = task.preprocess_precache(documents.skip(skip), seed=config.seed)
+    return task.preprocess_postcache(documents, sequence_length=None, seed=config.seed)
 
 
 def _chunk_documents(dataset: tf.data.Dataset, max_len: int) -> tf.data.Dataset:
@@ -106,33 +163,31 @@ def _shift_ids(dataset: tf.data.Dataset, offset: int) -> tf.data.Dataset:
 
 
 def packed_dataset(
-    config: DataConfig, *, shard_index: int = 0, num_shards: int = 1, repeat: bool = True
+    config: DataConfig, *, shard_index: int = 0, num_shards: int = 1, repeat: bool = True,
+    start: Optional[streams.StreamPosition] = None, task: Optional[seqio.Task] = None,
 ) -> tf.data.Dataset:
-    """Rows of ``seq_len + 1`` packed tokens for one host's shard.
+    """Rows of ``seq_len + 1`` packed tokens for one shard, from ``start`` on.
 
     Yields ``targets``, ``targets_segment_ids`` and ``targets_positions``
-    (int32); padding has segment id 0 and token 0.
+    (int32); padding has segment id 0 and token 0. seqio packs blocks of
+    ``seq_len + 1`` chunks independently, which is what lets ``start``
+    (a :class:`streams.StreamPosition`) restart at a block.
     """
     row_len = config.seq_len + 1
-    task = register_text_task(config.resolved_task_name(), config.file_pattern, config.vocab_path)
-    documents = task.get_dataset(
-        sequence_length={"targets": row_len},
-        split="train",
-        shuffle=config.shuffle,
-        shuffle_buffer_size=config.shuffle_buffer,
-        seed=config.seed,
-        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        num_epochs=None if repeat else 1,
-        trim_output_features=False,  # chunked below instead of truncated
-    )
-    chunks = _shift_ids(_chunk_documents(documents, row_len), +1)
-    packed = seqio.utils.trim_and_pack_dataset(chunks, {"targets": row_len})
+    task = task or register_task(config)
+    start = start or streams.StreamPosition()
+    documents = _documents(task, config, shard_index, num_shards, repeat, start.block_doc)
+    chunks = _chunk_documents(documents, row_len).skip(start.block_chunk)
+    packed = seqio.utils.trim_and_pack_dataset(_shift_ids(chunks, +1), {"targets": row_len})
 
     def unshift(row):
         is_token = row["targets_segment_ids"] > 0
         return {**row, "targets": tf.where(is_token, row["targets"] - 1, 0)}
 
-    return packed.map(unshift, num_parallel_calls=tf.data.AUTOTUNE)
+    packed = packed.map(unshift, num_parallel_calls=tf.data.AUTOTUNE).skip(start.rows_in_block)
+    options = tf.data.Options()
+    options.deterministic = True  # the data order is part of the experiment
+    return packed.with_options(options)
 
 
 # --------------------------------------------------------------------------
@@ -164,7 +219,7 @@ def host_batch_size(config: DataConfig, num_shards: int) -> int:
 def host_batches(
     config: DataConfig, *, shard_index: int = 0, num_shards: int = 1, repeat: bool = True
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This host's share of each global batch, as numpy arrays.
+    """Batches of one file shard, as numpy arrays (not resumable; see host_streams).
 
     Every batch has ``global_batch_size // num_shards`` rows and exactly the
     keys ``BATCH_KEYS`` (int32 ``[b, seq_len]``, ``loss_weights`` float32).
@@ -189,6 +244,58 @@ def _to_lm_batch(packed: Mapping[str, np.ndarray], batch_size: int) -> dict[str,
 
 
 # --------------------------------------------------------------------------
+# Streams: the host-independent, resumable data order.
+
+
+def _order_fingerprint(config: DataConfig, task: seqio.Task) -> dict:
+    """What the saved positions of a stream are only valid for."""
+    if config.source == "files":
+        # Names, not full paths: the same shards may move from disk to a bucket.
+        names = [os.path.basename(f) for f in task.source.list_shards(split="train")]
+        inputs = f"{len(names)} files, sha1 " + hashlib.sha1("\n".join(names).encode()).hexdigest()[:16]
+    else:
+        inputs = config._inputs()
+    vocabulary = task.output_features["targets"].vocabulary
+    return {"inputs": inputs, "vocabulary": hashlib.sha1(vocabulary.sp_model).hexdigest()[:16],
+            **{k: getattr(config, k) for k in ("seq_len", "global_batch_size", "num_streams",
+                                               "seed", "shuffle", "shuffle_buffer")}}
+
+
+def stream_set(config: DataConfig, stream_ids: Sequence[int], *, repeat: bool = True) -> streams.StreamSet:
+    """The given streams' rows of every global batch, as numpy LM batches (``BATCH_KEYS``)."""
+    stream_layout = streams.layout(config.num_streams, config.global_batch_size)
+    task = register_task(config)
+    rows = stream_layout.rows_per_stream
+
+    def open_rows(stream: int, start: streams.StreamPosition):
+        dataset = packed_dataset(config, shard_index=stream, num_shards=config.num_streams,
+                                 repeat=repeat, start=start, task=task)
+        return dataset.batch(rows).prefetch(2).as_numpy_iterator()
+
+    def finish(packed):
+        return lm_view(packed["targets"], packed["targets_segment_ids"], packed["targets_positions"])
+
+    return streams.StreamSet(
+        open_rows, stream_ids, stream_layout, finish=finish,
+        eos_id=task.output_features["targets"].vocabulary.eos_id,
+        block_chunks=config.seq_len + 1,  # seqio packs this many chunks at a time
+        fingerprint=_order_fingerprint(config, task))
+
+
+def host_streams(config: DataConfig, host_index: int = 0, num_hosts: int = 1, *,
+                 repeat: bool = True) -> streams.StreamSet:
+    """Host ``host_index`` of ``num_hosts``: rows ``[h*B/H, (h+1)*B/H)`` of every global batch.
+
+    Concatenating the batches of hosts 0..H-1 gives the global batch, the
+    same for every H that divides ``DataConfig.num_streams``.
+    """
+    stream_layout = streams.layout(config.num_streams, config.global_batch_size, num_hosts)
+    if not 0 <= host_index < num_hosts:
+        raise ValueError(f"host_index {host_index} is outside [0, {num_hosts}).")
+    return stream_set(config, stream_layout.host_streams(host_index, num_hosts), repeat=repeat)
+
+
+# --------------------------------------------------------------------------
 # Global arrays.
 
 
@@ -207,33 +314,129 @@ def _shardings_by_key(mesh: jax.sharding.Mesh, batch_sharding: ShardingArg) -> d
 def batch_spec(config: DataConfig, batch_sharding: ShardingArg = None) -> dict[str, jax.ShapeDtypeStruct]:
     """Global batch shapes and dtypes (with shardings when given), for jit tracing."""
     shape = (config.global_batch_size, config.seq_len)
-    shardings = batch_sharding if isinstance(batch_sharding, Mapping) else {k: batch_sharding for k in BATCH_KEYS}
+    shardings = (batch_sharding if isinstance(batch_sharding, Mapping)
+                 else {k: batch_sharding for k in BATCH_KEYS})
     return {
         k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_weights" else np.int32, sharding=shardings[k])
         for k in BATCH_KEYS
     }
 
 
+def _rows_by_process(shardings: Mapping[str, jax.sharding.Sharding], shape) -> dict[int, set[int]]:
+    """Global batch rows each process's devices hold (any key)."""
+    rows: dict[int, set[int]] = {}
+    for sharding in shardings.values():
+        for device, index in sharding.devices_indices_map(shape).items():
+            rows.setdefault(device.process_index, set()).update(range(*index[0].indices(shape[0])))
+    return rows
+
+
+class TrainIterator:
+    """Global batches (dicts of jax.Arrays) in the host-independent, resumable order.
+
+    Each process builds the streams whose rows its devices hold -- taken from
+    the sharding, not from ``jax.process_index()``, since a mesh may order
+    hosts differently -- and writes the state of the streams it is the first
+    holder of. ``step`` is the number of batches returned so far.
+    """
+
+    def __init__(self, config: DataConfig, mesh: jax.sharding.Mesh,
+                 batch_sharding: ShardingArg = None, *, repeat: bool = True):
+        stream_layout = streams.layout(config.num_streams, config.global_batch_size,
+                                       jax.process_count())
+        self._shardings = _shardings_by_key(mesh, batch_sharding)
+        self._shape = (config.global_batch_size, config.seq_len)
+        by_process = _rows_by_process(self._shardings, self._shape)
+        per_stream = stream_layout.rows_per_stream
+        holders = {k: sorted(p for p, rows in by_process.items()
+                             if rows & set(stream_layout.stream_rows(k)))
+                   for k in range(config.num_streams)}
+        me = jax.process_index()
+        ids = [k for k, procs in holders.items() if me in procs]
+        self._writes = [k for k in ids if holders[k][0] == me]
+        self._local_row = np.full(config.global_batch_size, -1)
+        for i, k in enumerate(ids):
+            self._local_row[stream_layout.stream_rows(k)] = np.arange(i * per_stream, (i + 1) * per_stream)
+        self._streams = stream_set(config, ids, repeat=repeat)
+
+    @property
+    def step(self) -> int:
+        return self._streams.step
+
+    def __iter__(self) -> "TrainIterator":
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        local = next(self._streams)
+        return {k: jax.make_array_from_callback(self._shape, self._shardings[k],
+                                                lambda index, v=v: self._device_rows(v, index))
+                for k, v in local.items()}
+
+    def _device_rows(self, local: np.ndarray, index: tuple) -> np.ndarray:
+        rows = self._local_row[index[0]]
+        if (rows < 0).any():
+            raise RuntimeError("a device of this process needs batch rows of a stream this "
+                               "process does not build; the batch sharding changed after the "
+                               "iterator was made.")
+        return local[rows][(slice(None),) + tuple(index[1:])]
+
+    def save(self, directory: str, step: int, *, keep: Optional[int] = None) -> None:
+        """Saves the data order after ``step`` batches; call on every process.
+
+        Writes ``directory/step_{step:09d}/stream_{k:05d}_of_{K:05d}.json`` for the
+        streams this process writes (a few hundred bytes each). ``keep`` prunes
+        all but the newest ``keep`` steps (use CheckpointConfig.keep).
+        """
+        self._streams.save(directory, step, stream_ids=self._writes, keep=keep)
+
+    def restore(self, directory: str, step: int) -> bool:
+        """Continues at ``step`` from ``save``d state; False (nothing changed) when there is none."""
+        if self._streams.missing_state(directory, step):
+            return False
+        self._streams.restore(directory, step)
+        return True
+
+    def skip_to(self, step: int) -> None:
+        """Replays to ``step`` without saved state (reads and packs every skipped row)."""
+        self._streams.skip_to(step)
+
+
+def make_train_iterator(config: DataConfig, mesh: jax.sharding.Mesh,
+                        batch_sharding: ShardingArg = None, *,
+                        restore_from: Optional[tuple[str, int]] = None,
+                        repeat: bool = True) -> TrainIterator:
+    """The trainer's batches; ``restore_from=(directory, step)`` continues at ``step``.
+
+    Restores the positions ``TrainIterator.save`` wrote for ``step``; when they
+    are missing (a run saved before this existed, or a crash between the model
+    checkpoint and the data save) it logs a warning and replays the ``step``
+    batches instead -- exact, but it reads and packs all of them.
+    """
+    iterator = TrainIterator(config, mesh, batch_sharding, repeat=repeat)
+    if restore_from is not None and restore_from[1] > 0:
+        directory, step = restore_from
+        if not iterator.restore(directory, step):
+            logging.warning("no saved data order for step %d under %s; replaying %d batches",
+                            step, directory, step)
+            iterator.skip_to(step)
+    return iterator
+
+
 def global_batches(
     config: DataConfig, mesh: jax.sharding.Mesh, batch_sharding: ShardingArg = None, *, repeat: bool = True
 ) -> Iterator[dict[str, jax.Array]]:
-    """Global batches as jax.Arrays, each process feeding its local rows.
+    """Global batches as jax.Arrays in the stream order (``make_train_iterator``).
 
     ``batch_sharding`` (one Sharding for all keys, or one per key) defaults to
-    the batch axis split across all axes of ``mesh``.
+    the batch axis split across all axes of ``mesh``. With ``repeat=False``
+    each process stops when its own streams end (finished streams give
+    all-padding rows until then).
     """
-    shardings = _shardings_by_key(mesh, batch_sharding)
-    global_shape = (config.global_batch_size, config.seq_len)
-    local = host_batches(
-        config, shard_index=jax.process_index(), num_shards=jax.process_count(), repeat=repeat
-    )
-    return (
-        {k: jax.make_array_from_process_local_data(shardings[k], v, global_shape) for k, v in batch.items()}
-        for batch in local
-    )
+    return make_train_iterator(config, mesh, batch_sharding, repeat=repeat)
 
 
 __all__ = [
-    "BATCH_KEYS", "DataConfig", "batch_spec", "global_batches", "host_batch_size",
-    "host_batches", "lm_view", "packed_dataset",
+    "BATCH_KEYS", "DataConfig", "TrainIterator", "batch_spec", "global_batches", "host_batch_size",
+    "host_batches", "host_streams", "lm_view", "make_train_iterator", "packed_dataset",
+    "register_task", "stream_set",
 ]
