@@ -81,6 +81,27 @@ class Checkpointer:
         self._manager.close()
 
 
+def _shape_mismatch(params_dir: str, abstract_params) -> str | None:
+    """How the params saved in `params_dir` differ from `abstract_params`, in a few words."""
+    try:
+        saved = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    except Exception:  # noqa: BLE001  (only for the error message)
+        return None
+
+    def flat(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(getattr(tree, "tree", tree))[0]
+        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+    saved, wanted = flat(saved), flat(abstract_params)
+    diffs = [f"{k} is {saved[k]} on disk but {wanted[k]} in the model"
+             for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
+    missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
+    if missing:
+        diffs.append(f"{len(missing)} params missing on disk (e.g. {missing[0]})")
+    if extra:
+        diffs.append(f"{len(extra)} params on disk not in the model (e.g. {extra[0]})")
+    return "; ".join(diffs[:2]) or None
+
+
 def restore_params(path: str, abstract_params, shardings, *, binding: str):
     """Params of the latest checkpoint under `path`, read-only (e.g. the reference model).
 
@@ -107,9 +128,11 @@ def restore_params(path: str, abstract_params, shardings, *, binding: str):
             restored = manager.restore(step, args=ocp.args.Composite(
                 params=ocp.args.StandardRestore(target)))
         except (ValueError, KeyError) as e:
+            detail = (_shape_mismatch(os.path.join(manager_dir, str(step), "params"),
+                                      abstract_params) or str(e).splitlines()[0][:300])
             raise ValueError(f"{binding}={path!r} (step {step}) does not match the model "
-                             f"config: {str(e).splitlines()[0][:300]}; use a checkpoint "
-                             "of the same ModelConfig.") from e
+                             f"config: {detail}; use a checkpoint of the same ModelConfig "
+                             "(or set the ModelConfig it was trained with).") from e
         return restored.params
     finally:
         manager.close()

@@ -8,6 +8,7 @@ from slm_jax import checkpoint, demo, experiment, model, optim, scoring, selecti
 from slm_jax import step_benchmark, train
 from slm_jax.analysis import job as analysis_job
 from slm_jax.data import pipeline  # noqa: F401
+from slm_jax.math_eval import job as math_eval_job
 
 JOBS = {
     "train": train.train,   # SLM step 1 (mode clm on clean data) and step 3 (mode slm)
@@ -16,6 +17,7 @@ JOBS = {
     "experiment": experiment.experiment,  # SLM vs CLM curves in miniature (Figure 1)
     "bench": step_benchmark.bench,  # step time, MFU and SLM/CLM ratios (JSON lines)
     "analyze": analysis_job.analyze,  # Rho-1 §2.1, Fig. 2
+    "eval": math_eval_job.math_eval,  # few-shot GSM8K/MATH accuracy of a checkpoint
 }
 
 

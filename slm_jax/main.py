@@ -59,7 +59,9 @@ def _gin_literal(value: str) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    # gin appends "In call to configurable 'x' (<function ...>)" lines: noise here.
+    lines = [ln.strip() for ln in str(err).splitlines()
+             if ln.strip() and not ln.strip().startswith("In call to configurable")]
     return " ".join(lines) if lines else type(err).__name__
 
 

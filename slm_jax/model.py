@@ -4,10 +4,24 @@ The decoder returns final-normed hidden states, not logits: the loss projects on
 vocabulary in chunks (see `slm_jax.losses`) so [B, T, V] fp32 logits never exist at once.
 Every parameter carries logical axis names and activations carry logical sharding
 constraints; both are no-ops unless `nn.logical_axis_rules` are active.
+
+Attention backends (`ModelConfig.attention`): "xla" (einsums with an explicit mask),
+"dot_product_attention" (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU
+for bf16/fp16), "splash" (Pallas splash attention, TPU only) and "auto" (cuDNN on GPU,
+xla on CPU and TPU). All of them respect packed segments. Splash is opt-in on TPU
+(`--gin.ModelConfig.attention=splash`) until it has been run on TPU hardware: this
+project's CI and development machines have none.
+
+Decoding with a KV cache: `init_cache` + `Decoder(config).apply(..., cache=cache)`
+returns (hidden, new cache). The cache has one slot per position of a fixed
+[B, S] buffer; a call writes its T tokens at slots [index, index + T) and each
+query sees the filled slots at or before its own. Positions (RoPE) are per
+row, so left- and right-padded prompts both work (see slm_jax/generate.py).
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 
 import flax.linen as nn
@@ -17,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 REMAT_POLICIES = ("none", "full", "dots")
+ATTENTION_BACKENDS = ("auto", "xla", "dot_product_attention", "splash")
 
 # Any fixed shape works: parameter shapes do not depend on batch or length.
 _DUMMY_TOKENS_SHAPE = (1, 8)
@@ -31,6 +46,8 @@ LAYOUT_BTF = (ACT_BATCH, ACT_LENGTH, ACT_MLP)
 LAYOUT_BTV = (ACT_BATCH, ACT_LENGTH, ACT_VOCAB)
 LAYOUT_BTHK = (ACT_BATCH, ACT_LENGTH, ACT_HEADS, ACT_HEAD_DIM)
 LAYOUT_BTNK = (ACT_BATCH, ACT_LENGTH, ACT_KV_HEADS, ACT_HEAD_DIM)
+# KV cache of one layer [B, S, N, K]; scanned models stack layers in front.
+LAYOUT_CACHE = LAYOUT_BTNK
 
 
 @gin.configurable
@@ -53,6 +70,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: str = "none"
     scan_layers: bool = False
+    attention: str = "auto"
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
@@ -73,6 +91,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.head_dim={self.resolved_head_dim} must be a positive "
                              "even int (RoPE rotates halves); set --gin.ModelConfig.head_dim "
                              "to one")
+        if self.attention not in ATTENTION_BACKENDS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r} is not one of "
+                             f"{ATTENTION_BACKENDS}; set --gin.ModelConfig.attention to one "
+                             "of them")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat={self.remat!r} is not one of {REMAT_POLICIES}; "
                              "set --gin.ModelConfig.remat to one of them")
@@ -151,16 +173,121 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
     return causal_TS[None] & same_segment_BTS
 
 
+def resolve_attention(config: ModelConfig, length: int | None = None) -> str:
+    """The backend `config.attention` names; "auto" picks by the default JAX backend.
+
+    "splash" on TPU is explicit only (not yet run on TPU hardware by this
+    project); it needs lengths divisible by 128 (its block size).
+    """
+    del length  # kept for callers; only the explicit "splash" depends on it
+    if config.attention != "auto":
+        return config.attention
+    return "dot_product_attention" if jax.default_backend() == "gpu" else "xla"
+
+
+def xla_attention(q_BTHK, k_BSNK, v_BSNK, mask_BTS):
+    """Grouped-query attention with einsums; `mask_BTS` says which keys each query sees.
+
+    Query heads are split into (kv head, group) so each kv head serves its group
+    without materialising repeated K/V. Scores and softmax are in fp32.
+    """
+    b, t, h, k = q_BTHK.shape
+    kv = k_BSNK.shape[2]
+    q_BTNGK = q_BTHK.reshape(b, t, kv, h // kv, k)
+    scores_BNGTS = jnp.einsum("btngk,bsnk->bngts", q_BTNGK, k_BSNK,
+                              preferred_element_type=jnp.float32) / math.sqrt(k)
+    # A finite fill keeps rows finite, even a row that sees no key at all.
+    scores_BNGTS = jnp.where(mask_BTS[:, None, None], scores_BNGTS, jnp.finfo(jnp.float32).min)
+    probs_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(v_BSNK.dtype)
+    out_BTNGK = jnp.einsum("bngts,bsnk->btngk", probs_BNGTS, v_BSNK)
+    return out_BTNGK.reshape(b, t, h, k)
+
+
+def dot_product_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
+    """`jax.nn.dot_product_attention`: cuDNN flash attention on GPU for bf16/fp16, else XLA.
+
+    cuDNN gets `is_causal` plus the same-segment mask (it folds the mask into a bias);
+    the XLA implementation gets the full causal-and-segment mask.
+    """
+    same_segment_B1TS = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
+    if jax.default_backend() == "gpu" and q_BTHK.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return jax.nn.dot_product_attention(q_BTHK, k_BSNK, v_BSNK, mask=same_segment_B1TS,
+                                                is_causal=True, implementation="cudnn")
+        except (NotImplementedError, ValueError, RuntimeError) as e:
+            # cuDNN's shape/dtype/mask checks run at trace time: fall back, don't fail the run.
+            logging.warning("cuDNN attention unavailable (%s); using the XLA implementation", e)
+    return jax.nn.dot_product_attention(q_BTHK, k_BSNK, v_BSNK,
+                                        mask=attention_mask(segment_ids_BT)[:, None])
+
+
+def splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
+    """Pallas splash attention (TPU only): causal within segments, K/V repeated per group.
+
+    Under a mesh the kernel runs per shard (shard_map over the batch and head axes the
+    active logical rules give the activations).
+    """
+    if jax.default_backend() != "tpu":
+        raise ValueError(f"ModelConfig.attention='splash' needs a TPU (Pallas TPU kernels), but "
+                         f"the JAX backend is {jax.default_backend()!r}; set "
+                         "--gin.ModelConfig.attention to 'auto', 'xla' or 'dot_product_attention'")
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    b, t, h, k = q_BTHK.shape
+    if t % 128:
+        raise ValueError(f"ModelConfig.attention='splash' needs a sequence length divisible by "
+                         f"128, got {t}; pad the sequences or use attention='xla'")
+    groups = h // k_BSNK.shape[2]
+    q_BHTK = jnp.transpose(q_BTHK / math.sqrt(k), (0, 2, 1, 3))
+    k_BHSK = jnp.transpose(jnp.repeat(k_BSNK, groups, axis=2), (0, 2, 1, 3))
+    v_BHSK = jnp.transpose(jnp.repeat(v_BSNK, groups, axis=2), (0, 2, 1, 3))
+    block = min(512, t)
+
+    def local(q, key, value, seg):
+        heads = q.shape[1]
+        kernel = splash.make_splash_mha(
+            mask=splash.MultiHeadMask([splash.CausalMask((t, t))] * heads),
+            head_shards=1, q_seq_shards=1,
+            block_sizes=splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                                          block_q_dkv=block, block_kv_dkv=block,
+                                          block_kv_dkv_compute=block, block_q_dq=block,
+                                          block_kv_dq=block))
+        return jax.vmap(lambda q1, k1, v1, s1: kernel(
+            q1, k1, v1, segment_ids=splash.SegmentIds(q=s1, kv=s1)))(q, key, value, seg)
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        out_BHTK = local(q_BHTK, k_BHSK, v_BHSK, segment_ids_BT)
+    else:
+        qkv = nn.logical_to_mesh_axes((ACT_BATCH, ACT_HEADS, None, None))
+        seg = nn.logical_to_mesh_axes((ACT_BATCH, None))
+        out_BHTK = jax.shard_map(local, mesh=mesh, in_specs=(qkv, qkv, qkv, seg),
+                                 out_specs=qkv, check_vma=False)(q_BHTK, k_BHSK, v_BHSK,
+                                                                 segment_ids_BT)
+    return jnp.transpose(out_BHTK, (0, 2, 1, 3)).astype(q_BTHK.dtype)
+
+
+def cache_mask(filled_BS: jax.Array, index, length: int) -> jax.Array:
+    """[B, T, S]: the query at slot index + t sees the filled slots at or before it."""
+    slots = filled_BS.shape[1]
+    query_slot_T = index + jnp.arange(length, dtype=jnp.int32)
+    causal_TS = jnp.arange(slots, dtype=jnp.int32)[None, :] <= query_slot_T[:, None]
+    return filled_BS[:, None, :] & causal_TS[None]
+
+
 class Attention(nn.Module):
-    """Grouped-query self-attention (MHA when n_kv_heads == n_heads) with plain XLA einsums."""
+    """Grouped-query self-attention (MHA when n_kv_heads == n_heads).
+
+    With `kv_cache=(k_BSNK, v_BSNK)` and `cache_meta=(index, filled_BS)` the new keys and
+    values are written at slots [index, index + T) and the call returns (out, new kv_cache).
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, kv_cache=None, cache_meta=None):
         cfg = self.config
         d, h, kv, k = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.resolved_head_dim
-        groups = h // kv
         wq_DHK = _weight(self, "q_proj", (d, h, k), ("embed", "q_heads", "head_dim"), cfg)
         wk_DNK = _weight(self, "k_proj", (d, kv, k), ("embed", "kv_heads", "head_dim"), cfg)
         wv_DNK = _weight(self, "v_proj", (d, kv, k), ("embed", "kv_heads", "head_dim"), cfg)
@@ -177,20 +304,30 @@ class Attention(nn.Module):
         q_BTHK = apply_rope(q_BTHK, cos_BTK, sin_BTK)
         k_BSNK = apply_rope(k_BSNK, cos_BTK, sin_BTK)
 
-        # Split query heads into (kv head, group) so each kv head serves its group without
-        # materialising repeated K/V.
-        b, t = q_BTHK.shape[:2]
-        q_BTNGK = q_BTHK.reshape(b, t, kv, groups, k)
-        scores_BNGTS = jnp.einsum("btngk,bsnk->bngts", q_BTNGK, k_BSNK,
-                                  preferred_element_type=jnp.float32) / math.sqrt(k)
-        mask_B11TS = attention_mask(segment_ids_BT)[:, None, None]
-        # A finite fill keeps rows finite; every row sees at least its own (diagonal) key.
-        scores_BNGTS = jnp.where(mask_B11TS, scores_BNGTS, jnp.finfo(jnp.float32).min)
-        probs_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(cfg.compute_dtype)
-        out_BTNGK = jnp.einsum("bngts,bsnk->btngk", probs_BNGTS, v_BSNK)
-        out_BTHK = nn.with_logical_constraint(out_BTNGK.reshape(b, t, h, k), LAYOUT_BTHK)
-        out_BTD = jnp.einsum("bthk,hkd->btd", out_BTHK, wo_HKD)
-        return nn.with_logical_constraint(out_BTD, LAYOUT_BTD)
+        new_cache = None
+        if kv_cache is not None:
+            index, filled_BS = cache_meta
+            k_cache, v_cache = kv_cache
+            start = (0, index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(k_cache, k_BSNK.astype(k_cache.dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(v_cache, v_BSNK.astype(v_cache.dtype), start)
+            new_cache = (nn.with_logical_constraint(k_cache, LAYOUT_CACHE),
+                         nn.with_logical_constraint(v_cache, LAYOUT_CACHE))
+            mask_BTS = cache_mask(filled_BS, index, x_BTD.shape[1])
+            out_BTHK = xla_attention(q_BTHK, k_cache.astype(q_BTHK.dtype),
+                                     v_cache.astype(q_BTHK.dtype), mask_BTS)
+        else:
+            backend = resolve_attention(cfg, x_BTD.shape[1])
+            if backend == "xla":
+                out_BTHK = xla_attention(q_BTHK, k_BSNK, v_BSNK, attention_mask(segment_ids_BT))
+            elif backend == "dot_product_attention":
+                out_BTHK = dot_product_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT)
+            else:
+                out_BTHK = splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT)
+        out_BTHK = nn.with_logical_constraint(out_BTHK, LAYOUT_BTHK)
+        out_BTD = nn.with_logical_constraint(jnp.einsum("bthk,hkd->btd", out_BTHK, wo_HKD),
+                                             LAYOUT_BTD)
+        return out_BTD if kv_cache is None else (out_BTD, new_cache)
 
 
 class MLP(nn.Module):
@@ -213,19 +350,25 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm block. Returns (x, None) so the same class works under nn.scan."""
+    """Pre-norm block. Returns (x, new kv cache or None) so the same class works under nn.scan."""
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x_BTD, positions_BT, segment_ids_BT):
+    def __call__(self, x_BTD, positions_BT, segment_ids_BT, kv_cache=None, cache_meta=None):
         x_BTD = nn.with_logical_constraint(x_BTD, LAYOUT_BTD)
         attn_in = RMSNorm(self.config, name="attn_norm")(x_BTD)
-        x_BTD = x_BTD + Attention(self.config, name="attention")(attn_in, positions_BT,
-                                                                 segment_ids_BT)
+        attention = Attention(self.config, name="attention")
+        new_cache = None
+        if kv_cache is None:
+            attn_out = attention(attn_in, positions_BT, segment_ids_BT)
+        else:
+            attn_out, new_cache = attention(attn_in, positions_BT, segment_ids_BT, kv_cache,
+                                            cache_meta)
+        x_BTD = x_BTD + attn_out
         mlp_in = RMSNorm(self.config, name="mlp_norm")(x_BTD)
         x_BTD = x_BTD + MLP(self.config, name="mlp")(mlp_in)
-        return nn.with_logical_constraint(x_BTD, LAYOUT_BTD), None
+        return nn.with_logical_constraint(x_BTD, LAYOUT_BTD), new_cache
 
 
 class Embedder(nn.Module):
@@ -266,42 +409,87 @@ def _layer_class(config: ModelConfig):
 
 
 class Decoder(nn.Module):
-    """Token ids -> final-normed hidden states [B, T, D] in the compute dtype."""
+    """Token ids -> final-normed hidden states [B, T, D] in the compute dtype.
+
+    With `cache` (from `init_cache`) returns (hidden, new cache): the T tokens go to slots
+    [cache["index"], cache["index"] + T); `segment_ids_BT == 0` marks padding that no later
+    query sees; `positions_BT` (RoPE) default to the slot numbers.
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None):
+    def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None, cache=None):
         cfg = self.config
         batch, length = tokens_BT.shape
         if length > cfg.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds ModelConfig.max_seq_len="
                              f"{cfg.max_seq_len}; raise --gin.ModelConfig.max_seq_len or "
                              "shorten the inputs")
+        start = 0 if cache is None else cache["index"]
         if positions_BT is None:
-            positions_BT = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+            positions_BT = jnp.broadcast_to(start + jnp.arange(length, dtype=jnp.int32),
+                                            (batch, length))
         if segment_ids_BT is None:
             segment_ids_BT = jnp.ones((batch, length), dtype=jnp.int32)
 
         x_BTD = Embedder(cfg, name="embed")(tokens_BT)
         x_BTD = nn.with_logical_constraint(x_BTD, LAYOUT_BTD)
-        layer_cls = _layer_class(cfg)
+        # Decoding needs no rematerialisation (no backward pass).
+        layer_cls = _layer_class(cfg) if cache is None else DecoderLayer
+        args = (positions_BT, segment_ids_BT)
+        in_axes = (nn.broadcast, nn.broadcast)
+        if cache is not None:
+            filled_BS = jax.lax.dynamic_update_slice(cache["filled"], segment_ids_BT != 0,
+                                                     (0, start))
+            args += ((cache["k"], cache["v"]), (start, filled_BS))
+            in_axes += (0, nn.broadcast)
         if cfg.scan_layers:
             scanned = nn.scan(
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast, nn.broadcast),
+                in_axes=in_axes,
                 length=cfg.n_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
-            x_BTD, _ = scanned(cfg, name="layers")(x_BTD, positions_BT, segment_ids_BT)
+            x_BTD, new_kv = scanned(cfg, name="layers")(x_BTD, *args)
         else:
+            new_kv = []
             for i in range(cfg.n_layers):
-                x_BTD, _ = layer_cls(cfg, name=f"layers_{i}")(x_BTD, positions_BT, segment_ids_BT)
+                layer_args = args if cache is None else (
+                    *args[:2], (cache["k"][i], cache["v"][i]), args[3])
+                x_BTD, layer_kv = layer_cls(cfg, name=f"layers_{i}")(x_BTD, *layer_args)
+                new_kv.append(layer_kv)
+            if cache is not None:
+                new_kv = (tuple(k for k, _ in new_kv), tuple(v for _, v in new_kv))
         if not cfg.tie_embeddings:
             LMHead(cfg, name="lm_head")()  # creates params["lm_head"]; unused here, DCE'd by XLA
-        return RMSNorm(cfg, name="final_norm")(x_BTD)
+        hidden_BTD = RMSNorm(cfg, name="final_norm")(x_BTD)
+        if cache is None:
+            return hidden_BTD
+        return hidden_BTD, {"k": new_kv[0], "v": new_kv[1], "filled": filled_BS,
+                            "index": start + length}
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype=None) -> dict:
+    """An empty KV cache of `length` slots per row.
+
+    {"k", "v"}: [n_layers, B, S, n_kv_heads, head_dim] when scan_layers, else a tuple of
+    n_layers [B, S, n_kv_heads, head_dim] arrays; "filled": [B, S] bool; "index": int32.
+    """
+    if length > config.max_seq_len:
+        raise ValueError(f"a KV cache of {length} slots exceeds ModelConfig.max_seq_len="
+                         f"{config.max_seq_len}; generate fewer tokens or raise "
+                         "--gin.ModelConfig.max_seq_len")
+    dtype = config.compute_dtype if dtype is None else jnp.dtype(dtype)
+    shape = (batch, length, config.n_kv_heads, config.resolved_head_dim)
+    if config.scan_layers:
+        k = v = jnp.zeros((config.n_layers, *shape), dtype)
+    else:
+        k = v = tuple(jnp.zeros(shape, dtype) for _ in range(config.n_layers))
+    return {"k": k, "v": v, "filled": jnp.zeros((batch, length), jnp.bool_),
+            "index": jnp.zeros((), jnp.int32)}
 
 
 def unembedding(params, config: ModelConfig) -> jax.Array:

@@ -6,8 +6,10 @@
 Each mode runs warm-up steps, then timed steps on synthetic packed batches
 (the data pipeline is not timed). One JSON object per mode: step_s (median),
 tokens_per_s, model FLOPs per token, achieved FLOP/s, mfu, peak_mem_bytes,
-select_share (time of the top-k selection alone / step time) and the ratio
-to the CLM step.
+select_share (time of the token selection alone / step time) and the ratio
+to the CLM step. Then one line per selection method (`mode` "select") timing
+the selection alone over `select_tokens` positions (default 1M, Rho-1's
+batch), with whether its mask equals the default method's.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 from slm_jax import model as model_lib
 from slm_jax import partition, sharding
 from slm_jax.optim import OptimizerConfig, make_optimizer
-from slm_jax.selection import SelectionConfig, select_tokens
+from slm_jax.selection import METHODS, SelectionConfig, select_tokens
 from slm_jax.train_step import make_train_step
 
 # Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s).
@@ -107,7 +109,8 @@ def bench(model: model_lib.ModelConfig | None = None, *,
           batch_size: int = 8, seq_len: int = 512, ratio: float = 0.6,
           modes=("clm", "slm_online", "slm_offline"), warmup_steps: int = 2,
           timed_steps: int = 10, grad_accum: int = 1, loss_chunk_size: int = 1024,
-          reference_dtype: str = "bfloat16", mesh: sharding.MeshConfig | None = None) -> list[dict]:
+          reference_dtype: str = "bfloat16", mesh: sharding.MeshConfig | None = None,
+          select_tokens_count: int = 1 << 20, select_methods=METHODS) -> list[dict]:
     model = model or model_lib.ModelConfig()
     mesh_config = mesh or sharding.MeshConfig()
     dev_mesh = sharding.make_mesh(mesh_config)
@@ -147,7 +150,8 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                 forward_flops_per_token(model, seq_len) if mode == "slm_online" else 0.0)
             select_s = 0.0
             if mode != "clm":
-                select = jax.jit(lambda e, w: select_tokens(e, w, ratio, "batch"),
+                select = jax.jit(lambda e, w: select_tokens(e, w, ratio, "batch",
+                                                            selection.method),
                                  in_shardings=(sharding.batch_sharding(dev_mesh),) * 2)
                 excess, weights = batch.get("ref_loss", batch["loss_weights"]), batch["loss_weights"]
                 select_s = statistics.median(time_fn(lambda: select(excess, weights),
@@ -165,4 +169,38 @@ def bench(model: model_lib.ModelConfig | None = None, *,
         if clm is not None:
             r["ratio_to_clm"] = r["step_s"] / clm["step_s"]
         print(json.dumps(r), flush=True)
+    if select_tokens_count:
+        with sharding.activation_sharding(dev_mesh, mesh_config.rules):
+            for r in selection_benchmark(dev_mesh, select_tokens_count, ratio, select_methods,
+                                         warmup_steps, timed_steps):
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    return results
+
+
+def selection_benchmark(dev_mesh, num_tokens: int, ratio: float, methods,
+                        warmup_steps: int, timed_steps: int) -> list[dict]:
+    """Selection alone over a [num_tokens / 2048, 2048] batch sharded like training."""
+    seq_len = min(2048, num_tokens)
+    dp = sharding.data_parallel_size(dev_mesh)
+    rows = -(-max(1, num_tokens // seq_len) // dp) * dp  # whole rows per data shard
+    rng = np.random.default_rng(0)
+    batch_sh = sharding.batch_sharding(dev_mesh)
+    # Losses rounded to bf16, as stored by `score`: many exact ties.
+    excess = jax.device_put(rng.normal(size=(rows, seq_len)).astype(jnp.bfloat16)
+                            .astype(np.float32), batch_sh)
+    weights = jax.device_put((rng.random((rows, seq_len)) > 0.05).astype(np.float32), batch_sh)
+    default_mask, results = None, []
+    for method in methods:
+        select = jax.jit(lambda e, w, method=method: select_tokens(e, w, ratio, "batch", method),
+                         in_shardings=(batch_sh,) * 2)
+        mask = np.asarray(select(excess, weights))
+        default_mask = mask if default_mask is None else default_mask
+        select_s = statistics.median(time_fn(lambda: select(excess, weights),
+                                             warmup_steps, timed_steps))
+        results.append({"mode": "select", "method": method, "select_tokens": rows * seq_len,
+                        "select_s": select_s, "tokens_per_s": rows * seq_len / select_s,
+                        "selected": int(mask.sum()),
+                        f"same_mask_as_{methods[0]}": bool((mask == default_mask).all()),
+                        "num_devices": jax.device_count()})
     return results

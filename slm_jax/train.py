@@ -17,6 +17,7 @@ import threading
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from slm_jax import checkpoint as ckpt_lib
 from slm_jax import model as model_lib
@@ -50,7 +51,9 @@ def _check_shapes(model, data, selection, reference_checkpoint, scored_data, gra
         raise ValueError(
             f"micro-batch of {micro} sequences (DataConfig.global_batch_size="
             f"{data.global_batch_size} / train.grad_accum={grad_accum}) is not divisible by "
-            f"the data-parallel size {dp} (MeshConfig data x fsdp); change the batch or the mesh.")
+            f"the data-parallel size {dp} (MeshConfig data x fsdp); set "
+            f"--gin.DataConfig.global_batch_size to a multiple of {dp * grad_accum} or change "
+            "--gin.MeshConfig.data/fsdp.")
 
 
 class NonFiniteError(ValueError):
@@ -70,27 +73,39 @@ def _check_finite(metrics, step: int, on_nonfinite: str):
 class PreemptionWatcher:
     """SIGTERM (TPU maintenance, spot reclaim) -> finish the step, checkpoint, exit 0.
 
-    Multi-host runs also ask orbax whether JAX's preemption service has seen a
-    preemption on any host, so every host stops at the same step.
+    Multi-host runs leave SIGTERM to JAX's preemption service (installed by
+    jax.distributed.initialize) and ask orbax whether it has seen a preemption
+    on any host, so every host stops at the same step; a Python handler here
+    would replace JAX's and let one host stop alone.
     """
 
     def __init__(self):
         self.requested = False
         self._previous = None
-        if threading.current_thread() is threading.main_thread():
+        self._multi_process = jax.process_count() > 1
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
 
     def _on_sigterm(self, signum, frame):
         self.requested = True
 
     def reached(self, checkpointer, step: int) -> bool:
-        if jax.process_count() > 1:
-            return checkpointer.reached_preemption(step) or self.requested
+        if self._multi_process:
+            return checkpointer.reached_preemption(step)
         return self.requested
 
     def close(self):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+
+def _skipped_docs(batches) -> int | None:
+    """Empty or non-UTF-8 documents the data streams dropped so far, summed over hosts."""
+    count = getattr(batches, "skipped_documents", None)
+    if count is not None and jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        count = int(multihost_utils.process_allgather(np.int64(count)).sum())
+    return count
 
 
 def evaluate(eval_fn, params, batches) -> float:
@@ -122,6 +137,7 @@ def train(run_dir: str = gin.REQUIRED, *,
           eval_data: pipeline.DataConfig | None = None,
           eval_every: int = 0,
           eval_batches: int = 8,
+          few_shot_eval=None,
           seed: int = 0,
           on_nonfinite: str = "stop",
           progress: bool = True,
@@ -145,6 +161,8 @@ def train(run_dir: str = gin.REQUIRED, *,
         good one), "skip" goes on with the next batch.
       eval_hook: (params) -> dict of extra eval metrics (e.g. accuracy), logged
         with the eval loss.
+      few_shot_eval: a `FewShotEvalConfig` (slm_jax/math_eval/job.py): few-shot
+        accuracy every `eval_every` steps and at the end, logged as eval_{name}_accuracy.
 
     Returns:
       The last logged train metrics and the final eval loss ("eval_loss").
@@ -157,11 +175,16 @@ def train(run_dir: str = gin.REQUIRED, *,
     reference_model = reference_model or model
     if reference_model.vocab_size != model.vocab_size:
         raise ValueError(f"reference vocab_size {reference_model.vocab_size} != student "
-                         f"vocab_size {model.vocab_size}; excess loss needs one vocabulary.")
+                         f"vocab_size {model.vocab_size}; excess loss compares the two per token, "
+                         "so both need the same tokenizer: train the reference with the student's "
+                         "vocabulary (or set the student's ModelConfig.vocab_size to match).")
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"train.on_nonfinite={on_nonfinite!r} must be 'stop' or 'skip'.")
     mesh = sharding.make_mesh(mesh_config)
     _check_shapes(model, data, selection, reference_checkpoint, scored_data, grad_accum, mesh)
+    # Bad data paths or tokenizers fail here, before anything in run_dir is touched.
+    for config in ([] if scored_data else [data]) + ([eval_data] if eval_data else []):
+        pipeline.register_task(config)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
@@ -170,13 +193,6 @@ def train(run_dir: str = gin.REQUIRED, *,
     if not os.access(run_dir, os.W_OK):
         raise ValueError(f"train.run_dir={run_dir!r} is not writable; choose another "
                          "--gin.train.run_dir.")
-    write_run_record(run_dir, mesh, {
-        "job": "train", "num_steps": num_steps, "grad_accum": grad_accum,
-        "reference_checkpoint": reference_checkpoint, "scored_data": scored_data,
-        **{name: dataclasses.asdict(cfg) for name, cfg in [
-            ("model", model), ("data", data), ("selection", selection),
-            ("optimizer", optimizer), ("mesh_config", mesh_config)]}})
-
     tx, schedule = make_optimizer(optimizer, num_steps)
     state_sh = partition.state_shardings(model, tx, mesh, mesh_config.rules)
     data_state_dir = os.path.join(run_dir, "data_state")
@@ -213,11 +229,18 @@ def train(run_dir: str = gin.REQUIRED, *,
         eval_fn = partition.jit_eval_step(make_eval_step(model, loss_chunk_size),
                                           state_sh.params, mesh)
 
+        if few_shot_eval is not None:
+            few_shot = few_shot_eval.make_hook(model, data.vocab_path)
+            eval_hook = (lambda p, extra=eval_hook: {**extra(p), **few_shot(p)}) \
+                if eval_hook else few_shot
+
         def eval_metrics():
-            batches = pipeline.global_batches(eval_data, mesh, sharding.batch_sharding(mesh),
-                                              repeat=False)
-            metrics = {"loss": evaluate(eval_fn, state.params,
-                                        itertools.islice(batches, eval_batches))}
+            metrics = {}
+            if eval_data is not None:
+                batches = pipeline.global_batches(eval_data, mesh, sharding.batch_sharding(mesh),
+                                                  repeat=False)
+                metrics["loss"] = evaluate(eval_fn, state.params,
+                                           itertools.islice(batches, eval_batches))
             return {**metrics, **(eval_hook(state.params) if eval_hook else {})}
 
         start = int(jax.device_get(state.step))
@@ -230,12 +253,21 @@ def train(run_dir: str = gin.REQUIRED, *,
             batches = pipeline.make_train_iterator(
                     data, mesh, sharding.batch_sharding(mesh),
                     restore_from=(data_state_dir, start))
+        # Written once every checkpoint, reference and data input has loaded, so
+        # a run that fails on bad input leaves run_dir as it was.
+        write_run_record(run_dir, mesh, {
+            "job": "train", "num_steps": num_steps, "grad_accum": grad_accum,
+            "reference_checkpoint": reference_checkpoint, "scored_data": scored_data,
+            **{name: dataclasses.asdict(cfg) for name, cfg in [
+                ("model", model), ("data", data), ("selection", selection),
+                ("optimizer", optimizer), ("mesh_config", mesh_config)]}})
         logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
                                tokens_per_step=data.global_batch_size * data.seq_len,
                                name=os.path.basename(os.path.normpath(run_dir)), progress=progress)
         summary = {}
         preemption = PreemptionWatcher()
         last_metrics = None  # checked one step late so the host never stalls the device
+        reported_skips = 0
         try:
             for step in range(start, num_steps):
                 state, metrics = step_fn(state, ref_params, next(batches))
@@ -245,8 +277,16 @@ def train(run_dir: str = gin.REQUIRED, *,
                 last_metrics = metrics
                 logger.step_done(done)
                 if done % log_every == 0 or done == num_steps:
+                    skipped_docs = _skipped_docs(batches)
+                    if skipped_docs:
+                        metrics = {**metrics, "data_skipped_docs": skipped_docs}
+                        if skipped_docs > reported_skips:
+                            logging.warning("skipped %d empty or non-UTF-8 documents so far "
+                                            "(data_skipped_docs in metrics.jsonl)", skipped_docs)
+                            reported_skips = skipped_docs
                     summary = logger.log(done, metrics)
-                if eval_data is not None and eval_every and done % eval_every == 0 and done < num_steps:
+                if (eval_data is not None or eval_hook) and eval_every and done % eval_every == 0 \
+                        and done < num_steps:
                     logger.log(done, eval_metrics(), prefix="eval_")
                 stop = preemption.reached(checkpointer, done)
                 if stop or checkpointer.due(done) or done == num_steps:
@@ -261,7 +301,7 @@ def train(run_dir: str = gin.REQUIRED, *,
                     summary["preempted"] = True
                     break
             else:
-                if eval_data is not None:
+                if eval_data is not None or eval_hook:
                     final = eval_metrics()
                     summary.update({"eval_" + k: v for k, v in final.items()})
                     logger.log(num_steps, final, prefix="eval_")

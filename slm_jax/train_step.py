@@ -90,7 +90,8 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
             loss_BT = student_loss_fn(p, micro)
             if use_reference:
                 excess_BT = jax.lax.stop_gradient(loss_BT) - ref_loss_BT
-                mask_BT = select_tokens(excess_BT, weights_BT, selection.ratio, selection.scope)
+                mask_BT = select_tokens(excess_BT, weights_BT, selection.ratio, selection.scope,
+                                        selection.method)
             else:
                 mask_BT = weights_BT
             return (mask_BT * loss_BT).sum(), (loss_BT, mask_BT)

@@ -11,9 +11,17 @@ TINY = model_lib.ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, 
 
 def test_bench_json_lines(capsys):
     results = step_benchmark.bench(TINY, batch_size=8, seq_len=32, warmup_steps=1,
-                                   timed_steps=2, reference_dtype="float32")
+                                   timed_steps=2, reference_dtype="float32",
+                                   select_tokens_count=4096)
     lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    assert results == lines
+    select_lines = [ln for ln in lines if ln["mode"] == "select"]
+    lines = [ln for ln in lines if ln["mode"] != "select"]
     assert [ln["mode"] for ln in lines] == ["clm", "slm_online", "slm_offline"]
+    # Every selection method is timed; the exact ones give the default's mask.
+    assert [ln["method"] for ln in select_lines] == ["bisect", "top_k", "sort", "approx"]
+    for line in select_lines[:3]:
+        assert line["same_mask_as_bisect"] and line["selected"] > 0 and line["select_s"] > 0
     for line in lines:
         for key in ["mode", "step_s", "tokens_per_s", "mfu", "peak_mem_bytes", "select_share",
                     "ratio_to_clm", "model_flops_per_token"]:
@@ -23,7 +31,6 @@ def test_bench_json_lines(capsys):
     clm, online, _ = lines
     # The online reference forward adds 2N FLOPs per token: 1/3 of the 6N step.
     assert abs(online["model_flops_per_token"] / clm["model_flops_per_token"] - 4 / 3) < 1e-9
-    assert results == lines
 
 
 def test_flops_per_token_counts_attention_and_excludes_the_embedding_gather():

@@ -43,31 +43,36 @@ def random_case(rng, batch, length, *, tie_levels=None, pad_rate=0.2):
     return excess, weights
 
 
+EXACT_METHODS = ["bisect", "top_k", "sort"]
+
+
+@pytest.mark.parametrize("method", EXACT_METHODS)
 @pytest.mark.parametrize("scope", ["batch", "sequence"])
 @pytest.mark.parametrize("ratio", [0.05, 0.3, 0.5, 0.6, 0.7, 0.999, 1.0])
 @pytest.mark.parametrize("tie_levels", [None, 3])
-def test_matches_numpy(scope, ratio, tie_levels):
+def test_matches_numpy(scope, ratio, tie_levels, method):
     # crc32, not hash(): str hashes change with PYTHONHASHSEED between runs.
     rng = np.random.default_rng(zlib.crc32(repr((scope, ratio, tie_levels)).encode()))
     for batch, length in [(4, 16), (3, 37), (1, 5)]:
         excess, weights = random_case(rng, batch, length, tie_levels=tie_levels)
-        got = np.asarray(jax.jit(select_tokens, static_argnums=(2, 3))(
-            excess, weights, ratio, scope))
+        got = np.asarray(jax.jit(select_tokens, static_argnums=(2, 3, 4))(
+            excess, weights, ratio, scope, method))
         want = numpy_select(excess, weights, ratio, scope)
         np.testing.assert_array_equal(got, want)
         assert got.dtype == np.float32
 
 
-def test_ties_go_to_lower_index_over_many_cases():
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_ties_go_to_lower_index_over_many_cases(method):
     # Many ties at the threshold, and n where ratio * n + 0.5 is an integer in
     # exact arithmetic but not in float (0.7 * 45 + 0.5).
-    select = jax.jit(select_tokens, static_argnums=(2, 3))
+    select = jax.jit(select_tokens, static_argnums=(2, 3, 4))
     for seed in range(40):
         rng = np.random.default_rng(seed)
         excess, weights = random_case(rng, 4, 16, tie_levels=3)
         for scope in ("batch", "sequence"):
             np.testing.assert_array_equal(
-                    np.asarray(select(excess, weights, 0.7, scope)),
+                    np.asarray(select(excess, weights, 0.7, scope, method)),
                     numpy_select(excess, weights, 0.7, scope))
 
 
@@ -81,10 +86,11 @@ def test_selected_count_and_never_padding():
     assert not np.any(mask[weights == 0])
 
 
-def test_valid_minus_inf_is_still_preferred_over_padding():
+@pytest.mark.parametrize("method", EXACT_METHODS)
+def test_valid_minus_inf_is_still_preferred_over_padding(method):
     excess = np.array([[np.inf, -np.inf, -np.inf, 0.0]], np.float32)
     weights = np.array([[0, 1, 1, 0]], np.float32)
-    mask = np.asarray(select_tokens(excess, weights, 1.0))
+    mask = np.asarray(select_tokens(excess, weights, 1.0, method=method))
     np.testing.assert_array_equal(mask, [[0, 1, 1, 0]])
 
 
@@ -130,3 +136,24 @@ def test_bad_scope_and_mode_are_clear_errors():
         SelectionConfig(mode="slm", ratio=0.6, scope="row")
     with pytest.raises(ValueError, match="SelectionConfig.mode='rho'"):
         SelectionConfig(mode="rho", ratio=0.6)
+
+
+def test_bisect_orders_signed_values_and_infinities():
+    excess = np.array([[-3.5, 2.0, -0.0, 0.0, np.inf, -1e-30, 1e-30, -np.inf]], np.float32)
+    weights = np.ones_like(excess)
+    for ratio in (0.125, 0.25, 0.5, 0.75, 1.0):
+        np.testing.assert_array_equal(
+                np.asarray(select_tokens(excess, weights, ratio, method="bisect")),
+                numpy_select(excess, weights, ratio, "batch"))
+
+
+def test_approx_keeps_about_m_and_needs_its_name():
+    rng = np.random.default_rng(1)
+    excess, weights = random_case(rng, 8, 256)
+    mask = np.asarray(select_tokens(excess, weights, 0.6, method="approx"))
+    m = math.floor(0.6 * weights.sum() + 0.5)
+    assert abs(mask.sum() - m) <= 0.05 * m
+    assert not np.any(mask[weights == 0])
+    assert SelectionConfig().method == "bisect"
+    with pytest.raises(ValueError, match="SelectionConfig.method"):
+        SelectionConfig(mode="slm", ratio=0.6, method="heap")

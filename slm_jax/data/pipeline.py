@@ -39,6 +39,7 @@ from typing import Optional, Union
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from slm_jax.data import openwebmath, streams  # noqa: E402  (hides GPUs from TF first)
+from slm_jax.data.tasks import TEXT_FEATURE  # noqa: E402
 
 import gin  # noqa: E402
 import jax  # noqa: E402
@@ -115,12 +116,44 @@ def register_task(config: DataConfig) -> seqio.Task:
 # tf.data stages.
 
 
+class DocumentFilter:
+    """Drops empty (blank) and non-UTF-8 documents before tokenising, and counts them.
+
+    Such a document is not fatal: it is left out of the data order and
+    ``skipped`` (documents this process's streams read so far, including
+    tf.data's read-ahead) grows; the trainer logs it as ``data_skipped_docs``.
+    It runs before the resume cursor counts documents, so resuming stays exact.
+    """
+
+    def __init__(self):
+        self._count = tf.Variable(0, dtype=tf.int64, trainable=False)
+
+    @property
+    def skipped(self) -> int:
+        return int(self._count.numpy())
+
+    def __call__(self, documents: tf.data.Dataset, text_key: str = TEXT_FEATURE) -> tf.data.Dataset:
+        if text_key not in documents.element_spec:
+            return documents
+
+        def keep(example):
+            text = example[text_key]
+            utf8 = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace"),
+                            text)  # invalid bytes would have become U+FFFD
+            ok = tf.logical_and(tf.strings.length(tf.strings.strip(text)) > 0, utf8)
+            with tf.control_dependencies([self._count.assign_add(tf.cast(~ok, tf.int64))]):
+                return tf.identity(ok)
+
+        return documents.filter(keep)
+
+
 def _documents(task: seqio.Task, config: DataConfig, shard_index: int, num_shards: int,
-               repeat: bool, skip: int) -> tf.data.Dataset:
+               repeat: bool, skip: int, doc_filter: Optional[DocumentFilter] = None) -> tf.data.Dataset:
     """Tokenised documents of one shard in the seed's order, from document ``skip`` on.
 
     What seqio's ``Task.get_dataset`` does, except that documents are shuffled
     before tokenising: skipping them on a restart then costs only reading.
+    Empty and non-UTF-8 documents are dropped first (see DocumentFilter).
     """
     source = task.source
     shard = seqio.ShardInfo(index=shard_index, num_shards=num_shards) if num_shards > 1 else None
@@ -130,6 +163,7 @@ def _documents(task: seqio.Task, config: DataConfig, shard_index: int, num_shard
                                    shard_info=shard if by_source else None)
     if not by_source:
         documents = documents.shard(num_shards, shard_index)
+    documents = (doc_filter or DocumentFilter())(documents)
     if repeat:
         documents = documents.repeat()
     if config.shuffle:
@@ -165,6 +199,7 @@ def _shift_ids(dataset: tf.data.Dataset, offset: int) -> tf.data.Dataset:
 def packed_dataset(
     config: DataConfig, *, shard_index: int = 0, num_shards: int = 1, repeat: bool = True,
     start: Optional[streams.StreamPosition] = None, task: Optional[seqio.Task] = None,
+    doc_filter: Optional[DocumentFilter] = None,
 ) -> tf.data.Dataset:
     """Rows of ``seq_len + 1`` packed tokens for one shard, from ``start`` on.
 
@@ -176,7 +211,8 @@ def packed_dataset(
     row_len = config.seq_len + 1
     task = task or register_task(config)
     start = start or streams.StreamPosition()
-    documents = _documents(task, config, shard_index, num_shards, repeat, start.block_doc)
+    documents = _documents(task, config, shard_index, num_shards, repeat, start.block_doc,
+                           doc_filter)
     chunks = _chunk_documents(documents, row_len).skip(start.block_chunk)
     packed = seqio.utils.trim_and_pack_dataset(_shift_ids(chunks, +1), {"targets": row_len})
 
@@ -261,7 +297,8 @@ def _order_fingerprint(config: DataConfig, task: seqio.Task) -> dict:
                                                "seed", "shuffle", "shuffle_buffer")}}
 
 
-def stream_set(config: DataConfig, stream_ids: Sequence[int], *, repeat: bool = True) -> streams.StreamSet:
+def stream_set(config: DataConfig, stream_ids: Sequence[int], *, repeat: bool = True,
+               doc_filter: Optional[DocumentFilter] = None) -> streams.StreamSet:
     """The given streams' rows of every global batch, as numpy LM batches (``BATCH_KEYS``)."""
     stream_layout = streams.layout(config.num_streams, config.global_batch_size)
     task = register_task(config)
@@ -269,7 +306,7 @@ def stream_set(config: DataConfig, stream_ids: Sequence[int], *, repeat: bool = 
 
     def open_rows(stream: int, start: streams.StreamPosition):
         dataset = packed_dataset(config, shard_index=stream, num_shards=config.num_streams,
-                                 repeat=repeat, start=start, task=task)
+                                 repeat=repeat, start=start, task=task, doc_filter=doc_filter)
         return dataset.batch(rows).prefetch(2).as_numpy_iterator()
 
     def finish(packed):
@@ -357,11 +394,17 @@ class TrainIterator:
         self._local_row = np.full(config.global_batch_size, -1)
         for i, k in enumerate(ids):
             self._local_row[stream_layout.stream_rows(k)] = np.arange(i * per_stream, (i + 1) * per_stream)
-        self._streams = stream_set(config, ids, repeat=repeat)
+        self._doc_filter = DocumentFilter()
+        self._streams = stream_set(config, ids, repeat=repeat, doc_filter=self._doc_filter)
 
     @property
     def step(self) -> int:
         return self._streams.step
+
+    @property
+    def skipped_documents(self) -> int:
+        """Empty or non-UTF-8 documents this process's streams have dropped (see DocumentFilter)."""
+        return self._doc_filter.skipped
 
     def __iter__(self) -> "TrainIterator":
         return self
@@ -436,7 +479,7 @@ def global_batches(
 
 
 __all__ = [
-    "BATCH_KEYS", "DataConfig", "TrainIterator", "batch_spec", "global_batches", "host_batch_size",
+    "BATCH_KEYS", "DataConfig", "DocumentFilter", "TrainIterator", "batch_spec", "global_batches", "host_batch_size",
     "host_batches", "host_streams", "lm_view", "make_train_iterator", "packed_dataset",
     "register_task", "stream_set",
 ]
