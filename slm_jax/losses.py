@@ -4,11 +4,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from slm_jax import model as model_lib
+
 
 def _chunk_loss(hidden_BCD: jax.Array, unembed_DV: jax.Array, targets_BC: jax.Array) -> jax.Array:
     """-log p(target) for one chunk; logits live only inside this function."""
-    logits_BCV = jnp.einsum("bcd,dv->bcv", hidden_BCD, unembed_DV,
-                            preferred_element_type=jnp.float32)
+    logits_BCV = model_lib.project(hidden_BCD, unembed_DV, preferred_element_type=jnp.float32)
     log_normalizer_BC = jax.nn.logsumexp(logits_BCV, axis=-1)
     target_logit_BC = jnp.take_along_axis(logits_BCV, targets_BC[..., None], axis=-1)[..., 0]
     return log_normalizer_BC - target_logit_BC

@@ -185,6 +185,19 @@ def resolve_attention(config: ModelConfig, length: int | None = None) -> str:
     return "dot_product_attention" if jax.default_backend() == "gpu" else "xla"
 
 
+def project(x, w, n_contract: int = 1, **dot_kwargs):
+    """x[..., c1..cn] @ w[c1..cn, o...] as one 2-D matmul over all leading positions.
+
+    Same result as the einsum, but XLA's CPU backend runs the backward of a
+    [B, T, D] x [D, F] einsum ~1.5x slower than the same [B*T, D] x [D, F]
+    matmul; on TPU and GPU the reshape is free.
+    """
+    lead, contract, out = x.shape[:x.ndim - n_contract], w.shape[:n_contract], w.shape[n_contract:]
+    x_2d = x.reshape((math.prod(lead), math.prod(contract)))
+    y_2d = jnp.matmul(x_2d, w.reshape((math.prod(contract), math.prod(out))), **dot_kwargs)
+    return y_2d.reshape(lead + out)
+
+
 def xla_attention(q_BTHK, k_BSNK, v_BSNK, mask_BTS):
     """Grouped-query attention with einsums; `mask_BTS` says which keys each query sees.
 
@@ -201,6 +214,30 @@ def xla_attention(q_BTHK, k_BSNK, v_BSNK, mask_BTS):
     probs_BNGTS = jax.nn.softmax(scores_BNGTS, axis=-1).astype(v_BSNK.dtype)
     out_BTNGK = jnp.einsum("bngts,bsnk->btngk", probs_BNGTS, v_BSNK)
     return out_BTNGK.reshape(b, t, h, k)
+
+
+# Query block of the "xla" backend's causal attention (see below).
+CAUSAL_BLOCK = 128
+
+
+def causal_blockwise_attention(q_BTHK, k_BSNK, v_BSNK, mask_BTS, block: int = CAUSAL_BLOCK):
+    """xla_attention for a causal mask, skipping the key blocks no query of a block sees.
+
+    Query block i attends keys [0, (i + 1) * block) only, so about half the
+    scores and softmax work of the full [T, T] square is never computed
+    (2x faster attention backward on CPU at T = 512). Same result as
+    xla_attention with the same mask; falls back to it when T is not a
+    multiple of `block`.
+    """
+    length = q_BTHK.shape[1]
+    if length <= block or length % block or k_BSNK.shape[1] != length:
+        return xla_attention(q_BTHK, k_BSNK, v_BSNK, mask_BTS)
+    outs = []
+    for start in range(0, length, block):
+        end = start + block
+        outs.append(xla_attention(q_BTHK[:, start:end], k_BSNK[:, :end], v_BSNK[:, :end],
+                                  mask_BTS[:, start:end, :end]))
+    return jnp.concatenate(outs, axis=1)
 
 
 def dot_product_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
@@ -293,9 +330,9 @@ class Attention(nn.Module):
         wv_DNK = _weight(self, "v_proj", (d, kv, k), ("embed", "kv_heads", "head_dim"), cfg)
         wo_HKD = _weight(self, "o_proj", (h, k, d), ("q_heads", "head_dim", "embed"), cfg)
 
-        q_BTHK = jnp.einsum("btd,dhk->bthk", x_BTD, wq_DHK)
-        k_BSNK = jnp.einsum("bsd,dnk->bsnk", x_BTD, wk_DNK)
-        v_BSNK = jnp.einsum("bsd,dnk->bsnk", x_BTD, wv_DNK)
+        q_BTHK = project(x_BTD, wq_DHK)
+        k_BSNK = project(x_BTD, wk_DNK)
+        v_BSNK = project(x_BTD, wv_DNK)
         q_BTHK = nn.with_logical_constraint(q_BTHK, LAYOUT_BTHK)
         k_BSNK = nn.with_logical_constraint(k_BSNK, LAYOUT_BTNK)
         v_BSNK = nn.with_logical_constraint(v_BSNK, LAYOUT_BTNK)
@@ -319,13 +356,14 @@ class Attention(nn.Module):
         else:
             backend = resolve_attention(cfg, x_BTD.shape[1])
             if backend == "xla":
-                out_BTHK = xla_attention(q_BTHK, k_BSNK, v_BSNK, attention_mask(segment_ids_BT))
+                out_BTHK = causal_blockwise_attention(q_BTHK, k_BSNK, v_BSNK,
+                                                      attention_mask(segment_ids_BT))
             elif backend == "dot_product_attention":
                 out_BTHK = dot_product_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT)
             else:
                 out_BTHK = splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT)
         out_BTHK = nn.with_logical_constraint(out_BTHK, LAYOUT_BTHK)
-        out_BTD = nn.with_logical_constraint(jnp.einsum("bthk,hkd->btd", out_BTHK, wo_HKD),
+        out_BTD = nn.with_logical_constraint(project(out_BTHK, wo_HKD, 2),
                                              LAYOUT_BTD)
         return out_BTD if kv_cache is None else (out_BTD, new_cache)
 
@@ -341,11 +379,11 @@ class MLP(nn.Module):
         w_gate_DF = _weight(self, "gate_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
         w_up_DF = _weight(self, "up_proj", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
         w_down_FD = _weight(self, "down_proj", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
-        gate_BTF = nn.with_logical_constraint(jnp.einsum("btd,df->btf", x_BTD, w_gate_DF),
+        gate_BTF = nn.with_logical_constraint(project(x_BTD, w_gate_DF),
                                               LAYOUT_BTF)
-        up_BTF = nn.with_logical_constraint(jnp.einsum("btd,df->btf", x_BTD, w_up_DF),
+        up_BTF = nn.with_logical_constraint(project(x_BTD, w_up_DF),
                                             LAYOUT_BTF)
-        out_BTD = jnp.einsum("btf,fd->btd", nn.silu(gate_BTF) * up_BTF, w_down_FD)
+        out_BTD = project(nn.silu(gate_BTF) * up_BTF, w_down_FD)
         return nn.with_logical_constraint(out_BTD, LAYOUT_BTD)
 
 

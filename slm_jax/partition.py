@@ -10,6 +10,14 @@ from slm_jax.train_step import TrainState, init_train_state
 
 BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
 
+# XLA's CPU scheduler that optimises for concurrency makes the train step ~10%
+# slower on a 2-core host (python -m slm_jax.bench); other backends keep XLA's defaults.
+CPU_COMPILER_OPTIONS = {"xla_cpu_enable_concurrency_optimized_scheduler": False}
+
+
+def compiler_options(mesh: Mesh) -> dict | None:
+    return CPU_COMPILER_OPTIONS if mesh.devices.flat[0].platform == "cpu" else None
+
 
 def param_shardings(model_config, mesh: Mesh, rules=sharding.DEFAULT_RULES):
     return sharding.logical_to_shardings(model_lib.logical_param_specs(model_config),
@@ -56,9 +64,10 @@ def jit_train_step(step_fn, state_sh: TrainState, ref_param_sh, mesh: Mesh,
     return jax.jit(step_fn,
                    in_shardings=(state_sh, ref_param_sh, batch_shardings(mesh, batch_keys)),
                    out_shardings=(state_sh, sharding.replicated(mesh)),
-                   donate_argnums=(0,))
+                   donate_argnums=(0,), compiler_options=compiler_options(mesh))
 
 
 def jit_eval_step(eval_fn, param_sh, mesh: Mesh, out_sharding=None):
     return jax.jit(eval_fn, in_shardings=(param_sh, batch_shardings(mesh)),
-                   out_shardings=out_sharding or sharding.replicated(mesh))
+                   out_shardings=out_sharding or sharding.replicated(mesh),
+                   compiler_options=compiler_options(mesh))
