@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import random
 import shutil
 import signal
@@ -29,14 +30,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from tests.test_resume import NUM_STEPS, command, final_params, losses  # noqa: E402
+from tests.tiny_corpus import tiny_corpus  # noqa: E402
 
 
 def make_data(root: str):
-    from slm_jax.data import demo_corpus, tokenizer
-    paths = demo_corpus.generate_corpus(root, seed=4, n_web_docs=150, n_clean_docs=10,
-                                        n_eval_docs=10)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], os.path.join(root, "spm"),
-                                          vocab_size=512)
+    paths, vocab = tiny_corpus(pathlib.Path(root), seed=4)
     return paths.web_tfrecord, vocab
 
 

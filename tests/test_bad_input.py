@@ -19,8 +19,9 @@ from slm_jax import checkpoint as ckpt_lib
 from slm_jax import main as main_lib
 from slm_jax import model as model_lib
 from slm_jax import partition, sharding
-from slm_jax.data import demo_corpus, pipeline, tokenizer
+from slm_jax.data import pipeline, tokenizer
 from slm_jax.optim import OptimizerConfig, make_optimizer
+from tests.tiny_corpus import tiny_corpus
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +34,7 @@ def fresh_gin():
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
-    paths = demo_corpus.generate_corpus(str(root), seed=5, n_web_docs=150, n_clean_docs=10,
-                                        n_eval_docs=10)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)
+    paths, vocab = tiny_corpus(root, seed=5)
     return root, paths.web_tfrecord, vocab
 
 

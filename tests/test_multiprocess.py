@@ -24,7 +24,7 @@ from jax._src.clusters import cloud_tpu_cluster
 
 from slm_jax import main as main_lib
 from slm_jax import sharding
-from slm_jax.data import demo_corpus, tokenizer
+from tests.tiny_corpus import tiny_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIRST, MORE = 4, 6  # steps of the joint run, and where the resumed runs stop
@@ -34,9 +34,7 @@ TOLERANCE = 1e-5    # gloo sums the 8 devices' partial results in another order 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
-    paths = demo_corpus.generate_corpus(str(root), seed=4, n_web_docs=150, n_clean_docs=10,
-                                        n_eval_docs=10)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)
+    paths, vocab = tiny_corpus(root, seed=4)
     return paths.web_tfrecord, vocab
 
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from slm_jax.data import demo_corpus, tokenizer
+from tests.tiny_corpus import tiny_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 8
@@ -19,9 +19,7 @@ NUM_STEPS = 8
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    paths = demo_corpus.generate_corpus(str(root), seed=4, n_web_docs=150, n_clean_docs=10,
-                                        n_eval_docs=10)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)
+    paths, vocab = tiny_corpus(root, seed=4)
     return paths.web_tfrecord, vocab
 
 

@@ -14,9 +14,10 @@ import pytest
 from slm_jax import model as model_lib
 from slm_jax.checkpoint import CheckpointConfig, restore_params
 from slm_jax import partition, sharding
-from slm_jax.data import demo_corpus, pipeline, tokenizer
+from slm_jax.data import pipeline
 from slm_jax.optim import OptimizerConfig
 from slm_jax.train import NonFiniteError, train
+from tests.tiny_corpus import tiny_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -26,9 +27,7 @@ TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     root = tmp_path_factory.mktemp("robust")
-    paths = demo_corpus.generate_corpus(str(root), seed=3, n_web_docs=150, n_clean_docs=10,
-                                        n_eval_docs=10)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)
+    paths, vocab = tiny_corpus(root, seed=3)
     return pipeline.DataConfig(file_pattern=paths.web_tfrecord, vocab_path=vocab, seq_len=64,
                                global_batch_size=8)
 
