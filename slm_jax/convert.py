@@ -26,6 +26,8 @@ import sys
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for BF16 safetensors)
 import numpy as np
 
+from slm_jax import cli_errors
+
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 MODEL_TYPES = ("llama", "mistral")
 CHECKPOINT_SUBDIR = "checkpoints"
@@ -481,12 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                         max_shard_size=args.max_shard_size, tokenizer=args.tokenizer)
             print(f"wrote {os.path.abspath(args.out)} (LlamaForCausalLM, {args.dtype})")
     except (ValueError, OSError) as e:
-        if os.environ.get("SLM_JAX_TRACEBACK"):
-            raise
-        message = str(e).splitlines()[0] if str(e) else repr(e)
-        print(f"slm_jax.convert: error: {message}  (SLM_JAX_TRACEBACK=1 shows the traceback)",
-              file=sys.stderr)
-        return 2
+        return cli_errors.report("slm_jax.convert", e)
     return 0
 
 

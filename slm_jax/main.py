@@ -14,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # noqa: E402
 
+from slm_jax import cli_errors  # noqa: E402
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "gin/demo.gin"
 USAGE = ("usage: python -m slm_jax.main [--gin_file=FILE.gin ...] [--gin.NAME=VALUE ...]\n"
@@ -58,13 +60,6 @@ def _gin_literal(value: str) -> str:
         return repr(value)
 
 
-def _one_line(err: BaseException) -> str:
-    # gin appends "In call to configurable 'x' (<function ...>)" lines: noise here.
-    lines = [ln.strip() for ln in str(err).splitlines()
-             if ln.strip() and not ln.strip().startswith("In call to configurable")]
-    return " ".join(lines) if lines else type(err).__name__
-
-
 def parse_config(files: list[str], bindings: list[str]):
     import slm_jax.jobs  # noqa: F401  (registers every gin configurable)
     gin.add_config_file_search_path(REPO_ROOT)
@@ -90,11 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e), file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, SyntaxError, FileNotFoundError) as e:
-        if os.environ.get("SLM_JAX_TRACEBACK"):
-            raise
-        print(f"slm_jax: error: {_one_line(e)}  (SLM_JAX_TRACEBACK=1 shows the traceback)",
-              file=sys.stderr)
-        return 2
+        return cli_errors.report("slm_jax", e)
     return 0
 
 

@@ -12,7 +12,7 @@ import gin
 import pytest
 
 from slm_jax import main as main_lib
-from slm_jax.data import demo_corpus, tokenizer
+from tests.tiny_corpus import tiny_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,11 +20,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    paths = demo_corpus.generate_corpus(str(root), seed=1, n_web_docs=300, n_clean_docs=150,
-                                        n_eval_docs=40)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl, paths.clean_jsonl],
-                                          str(root / "spm"), vocab_size=512)
-    return paths, vocab
+    return tiny_corpus(root, seed=1, n_web_docs=300, n_clean_docs=150, n_eval_docs=40,
+                       spm_on_clean=True)
 
 
 @pytest.fixture(autouse=True)

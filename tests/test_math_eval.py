@@ -11,6 +11,7 @@ import pytest
 from slm_jax.generate import Completion
 from slm_jax.math_eval import data as data_lib
 from slm_jax.math_eval import grader, prompts, runner
+from tests.tiny_corpus import tiny_corpus
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -183,13 +184,8 @@ def test_oracle_predictions_score_100_percent_and_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    from slm_jax.data import demo_corpus, tokenizer
     root = tmp_path_factory.mktemp("corpus")
-    paths = demo_corpus.generate_corpus(str(root), seed=2, n_web_docs=120, n_clean_docs=60,
-                                        n_eval_docs=10)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl, paths.clean_jsonl],
-                                          str(root / "spm"), vocab_size=512)
-    return paths, vocab
+    return tiny_corpus(root, seed=2, n_web_docs=120, n_clean_docs=60, spm_on_clean=True)
 
 
 def test_train_hook_then_eval_job_end_to_end(corpus, tmp_path):
