@@ -173,13 +173,12 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
     return causal_TS[None] & same_segment_BTS
 
 
-def resolve_attention(config: ModelConfig, length: int | None = None) -> str:
+def resolve_attention(config: ModelConfig) -> str:
     """The backend `config.attention` names; "auto" picks by the default JAX backend.
 
     "splash" on TPU is explicit only (not yet run on TPU hardware by this
     project); it needs lengths divisible by 128 (its block size).
     """
-    del length  # kept for callers; only the explicit "splash" depends on it
     if config.attention != "auto":
         return config.attention
     return "dot_product_attention" if jax.default_backend() == "gpu" else "xla"
@@ -354,7 +353,7 @@ class Attention(nn.Module):
             out_BTHK = xla_attention(q_BTHK, k_cache.astype(q_BTHK.dtype),
                                      v_cache.astype(q_BTHK.dtype), mask_BTS)
         else:
-            backend = resolve_attention(cfg, x_BTD.shape[1])
+            backend = resolve_attention(cfg)
             if backend == "xla":
                 out_BTHK = causal_blockwise_attention(q_BTHK, k_BSNK, v_BSNK,
                                                       attention_mask(segment_ids_BT))
