@@ -3,10 +3,15 @@
     pip install -r requirements.txt -r requirements-test.txt
     python benchmarks/compare_torch.py [--timed_steps 5]
 
-Runs `python -m slm_jax.bench` on gin/bench/cpu_small.gin (CLM and SLM-online)
-and benchmarks/torch_slm_step.py on the same shapes, one after the other on
-an otherwise idle machine, and prints both JSON lines per mode and one summary
-line: tokens/s of each and slm-jax / torch.
+Runs, one after the other on an otherwise idle machine and on the shapes of
+gin/bench/cpu_small.gin (fp32 student):
+  1. `python -m slm_jax.bench` CLM and SLM-online, reference forward in bf16
+     (the gin file's `bench.reference_dtype`, as in training);
+  2. benchmarks/torch_slm_step.py CLM and SLM-online, fp32 reference (the usual way);
+  3. `python -m slm_jax.bench` SLM-online again with an fp32 reference, so the
+     comparison is also there with the same reference precision as torch.
+Prints every JSON line and one summary line: tokens/s of each and slm-jax / torch.
+`--torch_reference_dtype bfloat16` gives torch a bf16 reference too.
 """
 
 from __future__ import annotations
@@ -26,24 +31,35 @@ def json_lines(command: list[str]) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
+def bench_lines(timed_steps: int, *bindings: str) -> list[dict]:
+    return json_lines([sys.executable, "-m", "slm_jax.bench", "--gin_file=gin/bench/cpu_small.gin",
+                       "--gin.bench.select_tokens_count=0", f"--gin.bench.timed_steps={timed_steps}",
+                       *bindings])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timed_steps", type=int, default=5)
+    parser.add_argument("--torch_reference_dtype", default="float32",
+                        choices=["float32", "bfloat16"])
     args = parser.parse_args()
-    jax_lines = json_lines([
-        sys.executable, "-m", "slm_jax.bench", "--gin_file=gin/bench/cpu_small.gin",
-        "--gin.bench.modes=('clm', 'slm_online')", "--gin.bench.select_tokens_count=0",
-        f"--gin.bench.timed_steps={args.timed_steps}"])
+    jax_lines = bench_lines(args.timed_steps, "--gin.bench.modes=('clm', 'slm_online')")
     torch_lines = json_lines([sys.executable, os.path.join(HERE, "torch_slm_step.py"),
-                              f"--timed_steps={args.timed_steps}"])
-    for line in jax_lines + torch_lines:
+                              f"--timed_steps={args.timed_steps}",
+                              f"--reference_dtype={args.torch_reference_dtype}"])
+    fp32_ref_lines = bench_lines(args.timed_steps, "--gin.bench.modes=('slm_online',)",
+                                 "--gin.bench.reference_dtype='float32'")
+    for line in fp32_ref_lines:
+        line["mode"] = "slm_online_fp32_reference"
+    for line in jax_lines + torch_lines + fp32_ref_lines:
         print(json.dumps({"framework": line.get("framework", "slm_jax"), **line}), flush=True)
     by_mode = {(line.get("framework", "slm_jax"), line["mode"]): line
-               for line in jax_lines + torch_lines}
-    summary = {"mode": "summary"}
-    for mode in ("clm", "slm_online"):
+               for line in jax_lines + torch_lines + fp32_ref_lines}
+    summary = {"mode": "summary", "torch_reference_dtype": args.torch_reference_dtype}
+    for mode, torch_mode in (("clm", "clm"), ("slm_online", "slm_online"),
+                             ("slm_online_fp32_reference", "slm_online")):
         jax_tps = by_mode[("slm_jax", mode)]["tokens_per_s"]
-        torch_tps = by_mode[("torch", mode)]["tokens_per_s"]
+        torch_tps = by_mode[("torch", torch_mode)]["tokens_per_s"]
         summary.update({f"{mode}_slm_jax_tokens_per_s": jax_tps,
                         f"{mode}_torch_tokens_per_s": torch_tps,
                         f"{mode}_slm_jax_over_torch": jax_tps / torch_tps})

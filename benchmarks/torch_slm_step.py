@@ -40,7 +40,7 @@ def make_step(mode: str, student, reference, optimizer, ratio: float):
         loss = per_token_loss(student, inputs, targets)
         if mode == "slm_online":
             with torch.no_grad():
-                ref_loss = per_token_loss(reference, inputs, targets)
+                ref_loss = per_token_loss(reference, inputs, targets).float()
             excess = loss.detach() - ref_loss
             k = max(1, int(ratio * excess.numel() + 0.5))
             mask = torch.zeros_like(excess)
@@ -64,9 +64,12 @@ def main():
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--ratio", type=float, default=0.6)
     parser.add_argument("--modes", default="clm,slm_online")
+    parser.add_argument("--reference_dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="dtype of the frozen reference (the usual way: the student's, fp32)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    student, reference = llama(args), llama(args).eval().requires_grad_(False)
+    student = llama(args)
+    reference = llama(args).to(getattr(torch, args.reference_dtype)).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4, weight_decay=0.1)
     inputs = torch.randint(3, args.vocab, (args.batch, args.seq_len))
     targets = torch.randint(3, args.vocab, (args.batch, args.seq_len))
@@ -84,7 +87,8 @@ def main():
         step_s = statistics.median(times)
         results.append({"mode": mode, "framework": "torch", "step_s": step_s,
                         "tokens_per_s": tokens / step_s, "batch_tokens": tokens,
-                        "threads": torch.get_num_threads(), "torch": torch.__version__})
+                        "threads": torch.get_num_threads(), "torch": torch.__version__,
+                        "reference_dtype": args.reference_dtype})
     for r in results:
         r["ratio_to_clm"] = r["step_s"] / results[0]["step_s"]
         print(json.dumps(r), flush=True)

@@ -25,9 +25,16 @@ def per_token_loss(hidden_BTD: jax.Array, unembed_DV: jax.Array, targets_BT: jax
     the next multiple and the padded positions are dropped from the result; chunk_size is
     clipped to T so short sequences cost no padding. The matmul runs in hidden's dtype with
     fp32 accumulation; the log-softmax is fp32. Weighting and masking are left to callers.
+
+    `chunk_size=0` is the plain loss: full [B, T, V] fp32 logits, kept for the backward
+    pass instead of recomputed (one vocabulary matmul less per step; right when B*T*V*4
+    bytes is small next to the activations, e.g. the CPU bench model).
     """
-    if chunk_size <= 0:
-        raise ValueError(f"per_token_loss chunk_size={chunk_size} must be positive")
+    if chunk_size < 0:
+        raise ValueError(f"loss_chunk_size={chunk_size} must be >= 0 (0: no chunking); set "
+                         "--gin.train.loss_chunk_size (or bench./score.loss_chunk_size) to e.g. 1024")
+    if chunk_size == 0:
+        return _chunk_loss(hidden_BTD, unembed_DV.astype(hidden_BTD.dtype), targets_BT)
     batch, length, d_model = hidden_BTD.shape
     chunk = min(chunk_size, length)
     n_chunks = -(-length // chunk)

@@ -92,6 +92,7 @@ def score(out_dir: str = gin.REQUIRED, *,
     """
     data = data or pipeline.DataConfig()
     model = reference_model or model_lib.ModelConfig()
+    forward = model_lib.computing_in(model, reference_dtype, "score.reference_dtype")
     mesh_config = mesh or sharding.MeshConfig()
     dev_mesh = sharding.make_mesh(mesh_config)
     if data.seq_len > model.max_seq_len:
@@ -109,7 +110,7 @@ def score(out_dir: str = gin.REQUIRED, *,
         cast = jnp.dtype(reference_dtype)
         params = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(cast), p),
                          out_shardings=param_sh)(params)
-        score_fn = partition.jit_eval_step(make_score_step(model, loss_chunk_size), param_sh,
+        score_fn = partition.jit_eval_step(make_score_step(forward, loss_chunk_size), param_sh,
                                            dev_mesh, out_sharding=sharding.batch_sharding(dev_mesh))
         batches = pipeline.global_batches(data, dev_mesh, sharding.batch_sharding(dev_mesh),
                                           repeat=num_batches is not None)

@@ -135,7 +135,9 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                                    partition.batch_shardings(dev_mesh, keys))
             step = partition.jit_train_step(
                 make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
-                                loss_chunk_size=loss_chunk_size),
+                                loss_chunk_size=loss_chunk_size,
+                                reference_model_config=model_lib.computing_in(
+                                    model, reference_dtype, "bench.reference_dtype")),
                 state_sh, param_sh if mode == "slm_online" else None, dev_mesh, batch_keys=keys)
             state = partition.init_state(model, tx, jax.random.key(0), state_sh)
             ref = ref_params if mode == "slm_online" else None

@@ -148,7 +148,8 @@ def train(run_dir: str = gin.REQUIRED, *,
       run_dir: where checkpoints, metrics.jsonl and TensorBoard logs go.
       reference_checkpoint: checkpoints of the frozen reference model (mode "slm").
       reference_model: its ModelConfig when it differs from the student's.
-      reference_dtype: dtype the reference params are cast to for its forward.
+      reference_dtype: dtype of the reference forward: its params are cast to it and its
+        matmuls and activations run in it (norms, softmax and the loss stay fp32).
       scored_data: out_dir of a `score` job; the batches (and, in mode
         "slm_offline", their reference losses) come from there instead of
         `data`'s files, so runs of any mode can train on the same tokens.
@@ -173,6 +174,8 @@ def train(run_dir: str = gin.REQUIRED, *,
     optimizer = optimizer or OptimizerConfig()
     mesh_config = mesh or sharding.MeshConfig()
     reference_model = reference_model or model
+    reference_forward = model_lib.computing_in(reference_model, reference_dtype,
+                                               "train.reference_dtype")
     if reference_model.vocab_size != model.vocab_size:
         raise ValueError(f"reference vocab_size {reference_model.vocab_size} != student "
                          f"vocab_size {model.vocab_size}; excess loss compares the two per token, "
@@ -223,7 +226,8 @@ def train(run_dir: str = gin.REQUIRED, *,
 
         step_fn = partition.jit_train_step(
             make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
-                            loss_chunk_size=loss_chunk_size, reference_model_config=reference_model),
+                            loss_chunk_size=loss_chunk_size,
+                            reference_model_config=reference_forward),
             state_sh, ref_sh, mesh,
             batch_keys=scoring.SCORED_KEYS if scored_data else partition.BATCH_KEYS)
         eval_fn = partition.jit_eval_step(make_eval_step(model, loss_chunk_size),

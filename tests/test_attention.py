@@ -46,3 +46,45 @@ def test_auto_is_xla_on_cpu_and_splash_needs_tpu():
             {"params": p}, jnp.zeros((1, 8), jnp.int32)), params)
     with pytest.raises(ValueError, match="--gin.ModelConfig.attention"):
         dataclasses.replace(TINY, attention="flash")
+
+
+def _packed_inputs(batch, length, heads, kv_heads, head_dim, dtype, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 4)
+    q = jax.random.normal(keys[0], (batch, length, heads, head_dim), jnp.float32)
+    k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim), jnp.float32)
+    v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim), jnp.float32)
+    dout = jax.random.normal(keys[3], q.shape, jnp.float32)
+    # Row 0: three documents and trailing padding (segment 0); row 1: one document.
+    cuts = [length // 3, length // 3 + length // 4, length - 5]
+    row0 = np.zeros(length, np.int32)
+    row0[:cuts[0]], row0[cuts[0]:cuts[1]], row0[cuts[1]:cuts[2]] = 1, 2, 3
+    segments = jnp.asarray(np.stack([row0, np.ones(length, np.int32)]))
+    cast = lambda x: x.astype(dtype)
+    return cast(q), cast(k), cast(v), cast(dout), model_lib.attention_mask(segments)
+
+
+@pytest.mark.parametrize("length,block", [(300, 64), (256, 128), (40, 128)])
+def test_flash_attention_matches_masked_softmax_values_and_grads(length, block):
+    from slm_jax.flash_attention import causal_attention
+    q, k, v, dout, mask = _packed_inputs(2, length, 4, 2, 16, jnp.float32)
+
+    def vjp(fn):
+        out, pullback = jax.vjp(lambda q_, k_, v_: fn(q_, k_, v_, mask), q, k, v)
+        return (out,) + pullback(dout)
+
+    got = jax.jit(lambda: vjp(functools.partial(causal_attention, block=block)))()
+    want = jax.jit(lambda: vjp(model_lib.xla_attention))()
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=name)
+
+
+def test_flash_attention_bf16_close_to_fp32():
+    from slm_jax.flash_attention import causal_attention
+    q, k, v, dout, mask = _packed_inputs(2, 200, 4, 2, 16, jnp.bfloat16, seed=1)
+    got = jax.jit(functools.partial(causal_attention, block=64))(q, k, v, mask)
+    assert got.dtype == jnp.bfloat16
+    f32 = lambda x: x.astype(jnp.float32)
+    want = model_lib.xla_attention(f32(q), f32(k), f32(v), mask)
+    np.testing.assert_allclose(f32(got), want, atol=3e-2, rtol=3e-2)
+    grads = jax.grad(lambda q_: jnp.vdot(f32(causal_attention(q_, k, v, mask, 64)), f32(dout)))(q)
+    assert grads.dtype == jnp.bfloat16 and bool(jnp.isfinite(f32(grads)).all())
