@@ -1,7 +1,7 @@
 """slm-jax's SLM step against the same step in PyTorch + transformers, in one run.
 
     pip install -r requirements.txt -r requirements-test.txt
-    python benchmarks/compare_torch.py [--timed_steps 5]
+    python benchmarks/compare_torch.py [--timed_steps 5] [--rounds 3]
 
 Runs, one after the other on an otherwise idle machine and on the shapes of
 gin/bench/cpu_small.gin (fp32 student):
@@ -10,15 +10,19 @@ gin/bench/cpu_small.gin (fp32 student):
   2. benchmarks/torch_slm_step.py CLM and SLM-online, fp32 reference (the usual way);
   3. `python -m slm_jax.bench` SLM-online again with an fp32 reference, so the
      comparison is also there with the same reference precision as torch.
-Prints every JSON line and one summary line: tokens/s of each and slm-jax / torch.
+Prints every JSON line and one summary line: median tokens/s of each over the rounds and
+slm-jax / torch (also per round). This VM's step times drift by 10-20% from minute to
+minute, so `--rounds 3` interleaves the runs and takes medians.
 `--torch_reference_dtype bfloat16` gives torch a bf16 reference too.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -37,12 +41,7 @@ def bench_lines(timed_steps: int, *bindings: str) -> list[dict]:
                        *bindings])
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--timed_steps", type=int, default=5)
-    parser.add_argument("--torch_reference_dtype", default="float32",
-                        choices=["float32", "bfloat16"])
-    args = parser.parse_args()
+def one_round(args) -> list[dict]:
     jax_lines = bench_lines(args.timed_steps, "--gin.bench.modes=('clm', 'slm_online')")
     torch_lines = json_lines([sys.executable, os.path.join(HERE, "torch_slm_step.py"),
                               f"--timed_steps={args.timed_steps}",
@@ -51,18 +50,34 @@ def main():
                                  "--gin.bench.reference_dtype='float32'")
     for line in fp32_ref_lines:
         line["mode"] = "slm_online_fp32_reference"
-    for line in jax_lines + torch_lines + fp32_ref_lines:
-        print(json.dumps({"framework": line.get("framework", "slm_jax"), **line}), flush=True)
-    by_mode = {(line.get("framework", "slm_jax"), line["mode"]): line
-               for line in jax_lines + torch_lines + fp32_ref_lines}
-    summary = {"mode": "summary", "torch_reference_dtype": args.torch_reference_dtype}
+    return [{"framework": line.get("framework", "slm_jax"), **line}
+            for line in jax_lines + torch_lines + fp32_ref_lines]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--timed_steps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat the three runs, interleaved, to average out a noisy machine")
+    parser.add_argument("--torch_reference_dtype", default="float32",
+                        choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    tokens_per_s = collections.defaultdict(list)
+    for round_index in range(args.rounds):
+        for line in one_round(args):
+            print(json.dumps({"round": round_index, **line}), flush=True)
+            tokens_per_s[(line["framework"], line["mode"])].append(line["tokens_per_s"])
+    summary = {"mode": "summary", "rounds": args.rounds,
+               "torch_reference_dtype": args.torch_reference_dtype}
     for mode, torch_mode in (("clm", "clm"), ("slm_online", "slm_online"),
                              ("slm_online_fp32_reference", "slm_online")):
-        jax_tps = by_mode[("slm_jax", mode)]["tokens_per_s"]
-        torch_tps = by_mode[("torch", torch_mode)]["tokens_per_s"]
-        summary.update({f"{mode}_slm_jax_tokens_per_s": jax_tps,
-                        f"{mode}_torch_tokens_per_s": torch_tps,
-                        f"{mode}_slm_jax_over_torch": jax_tps / torch_tps})
+        jax_tps, torch_tps = tokens_per_s[("slm_jax", mode)], tokens_per_s[("torch", torch_mode)]
+        summary.update({
+            f"{mode}_slm_jax_tokens_per_s": statistics.median(jax_tps),
+            f"{mode}_torch_tokens_per_s": statistics.median(torch_tps),
+            f"{mode}_slm_jax_over_torch": statistics.median(jax_tps) / statistics.median(torch_tps),
+            f"{mode}_slm_jax_over_torch_by_round": [round(j / t, 3)
+                                                    for j, t in zip(jax_tps, torch_tps)]})
     print(json.dumps(summary), flush=True)
 
 

@@ -88,7 +88,8 @@ def main():
         results.append({"mode": mode, "framework": "torch", "step_s": step_s,
                         "tokens_per_s": tokens / step_s, "batch_tokens": tokens,
                         "threads": torch.get_num_threads(), "torch": torch.__version__,
-                        "reference_dtype": args.reference_dtype})
+                        "reference_dtype": args.reference_dtype,
+                        "step_times_s": [round(t, 3) for t in times]})
     for r in results:
         r["ratio_to_clm"] = r["step_s"] / results[0]["step_s"]
         print(json.dumps(r), flush=True)

@@ -3,8 +3,9 @@
     python -m slm_jax.bench --gin_file=gin/bench/cpu_small.gin
     (or any gin file with --gin.run.job=bench)
 
-Each mode runs warm-up steps, then timed steps on synthetic packed batches
-(the data pipeline is not timed). One JSON object per mode: step_s (median),
+Each mode runs its warm-up steps, then the timed steps of all modes run in turn
+(one step of each mode per round) on synthetic packed batches (the data pipeline
+is not timed). One JSON object per mode: step_s (median),
 tokens_per_s, model FLOPs per token, achieved FLOP/s, mfu, peak_mem_bytes,
 select_share (time of the token selection alone / step time) and the ratio
 to the CLM step. Then one line per selection method (`mode` "select") timing
@@ -126,6 +127,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
             lambda r: jax.tree.map(lambda x: x.astype(reference_dtype),
                                    model_lib.init_params(model, r)),
             out_shardings=param_sh)(jax.random.key(1))
+        steps = {}
         for mode in modes:
             selection = SelectionConfig(mode={"clm": "clm", "slm_online": "slm",
                                               "slm_offline": "slm_offline"}[mode],
@@ -139,15 +141,30 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                                 reference_model_config=model_lib.computing_in(
                                     model, reference_dtype, "bench.reference_dtype")),
                 state_sh, param_sh if mode == "slm_online" else None, dev_mesh, batch_keys=keys)
-            state = partition.init_state(model, tx, jax.random.key(0), state_sh)
-            ref = ref_params if mode == "slm_online" else None
-            holder = [state]
+            steps[mode] = (step, ref_params if mode == "slm_online" else None, batch, selection)
+        # One train state goes through every mode's step in turn (same structure), so
+        # interleaving costs no memory.
+        holder = [partition.init_state(model, tx, jax.random.key(0), state_sh)]
 
-            def one_step():
-                holder[0], metrics = step(holder[0], ref, batch)
-                return metrics
-            step_s = statistics.median(time_fn(one_step, warmup_steps, timed_steps))
-            del holder, state
+        def one_step(mode):
+            step, ref, batch, _ = steps[mode]
+            holder[0], metrics = step(holder[0], ref, batch)
+            return metrics
+        # Peak memory as of each mode's warm-up (process-wide peaks only grow; CLM first).
+        peak_mem = {}
+        for mode in modes:
+            time_fn(lambda: one_step(mode), warmup_steps, 0)
+            peak_mem[mode] = peak_memory_bytes()
+        # Timed steps round-robin over the modes: drift of a shared machine's speed then
+        # hits every mode alike instead of whichever ran last.
+        step_times = {mode: [] for mode in modes}
+        for _ in range(timed_steps):
+            for mode in modes:
+                step_times[mode] += time_fn(lambda: one_step(mode), 0, 1)
+        del holder
+        for mode in modes:
+            step_s = statistics.median(step_times[mode])
+            _, _, batch, selection = steps[mode]
             flops = flops_per_token(model, seq_len) + (
                 forward_flops_per_token(model, seq_len) if mode == "slm_online" else 0.0)
             select_s = 0.0
@@ -162,8 +179,9 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                 "mode": mode, "step_s": step_s, "tokens_per_s": tokens / step_s,
                 "model_flops_per_token": flops, "achieved_flops": flops * tokens / step_s,
                 "mfu": flops * tokens / step_s / peak, "peak_flops": peak,
-                "peak_source": peak_source, "peak_mem_bytes": peak_memory_bytes(),
+                "peak_source": peak_source, "peak_mem_bytes": peak_mem[mode],
                 "select_share": select_s / step_s, "batch_tokens": tokens,
+                "step_times_s": [round(t, 4) for t in step_times[mode]],
                 "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
             })
     clm = next((r for r in results if r["mode"] == "clm"), None)

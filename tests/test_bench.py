@@ -1,6 +1,7 @@
 """The step benchmark prints one parseable JSON line per mode with the agreed keys."""
 
 import json
+import os
 
 from slm_jax import model as model_lib
 from slm_jax import step_benchmark
@@ -39,3 +40,63 @@ def test_flops_per_token_counts_attention_and_excludes_the_embedding_gather():
     n_matmul = model_lib.count_params(cfg) - 100 * 8
     attn_fwd = 2 * 2 * 1 * 2 * 4 * 16 / 2
     assert step_benchmark.flops_per_token(cfg, 16) == 6 * n_matmul + 3 * attn_fwd
+
+
+def test_torch_comparison_step_runs_both_modes_and_reference_dtypes():
+    """benchmarks/torch_slm_step.py (the PyTorch side of compare_torch.py) on tiny shapes."""
+    import subprocess
+    import sys
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
+                          "torch_slm_step.py")
+    for reference_dtype in ("float32", "bfloat16"):
+        out = subprocess.run(
+            [sys.executable, script, "--batch=2", "--seq_len=16", "--vocab=64", "--d_model=16",
+             "--layers=1", "--heads=2", "--kv_heads=1", "--mlp=32", "--warmup_steps=1",
+             "--timed_steps=2", f"--reference_dtype={reference_dtype}"],
+            check=True, capture_output=True, text=True).stdout
+        lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        assert [ln["mode"] for ln in lines] == ["clm", "slm_online"]
+        for line in lines:
+            assert line["reference_dtype"] == reference_dtype
+            assert len(line["step_times_s"]) == 2 and line["step_s"] > 0
+            assert line["tokens_per_s"] == 2 * 16 / line["step_s"]
+
+
+def _max_batch_module():
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "max_batch.py")
+    spec = importlib.util.spec_from_file_location("max_batch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, path
+
+
+def test_largest_fitting_batch_search_finds_the_threshold_in_few_tries():
+    largest_fitting = _max_batch_module()[0].largest_fitting
+    for limit in (1, 5, 64, 100):
+        for threshold in range(0, limit + 3):
+            asked = []
+
+            def fits(b):
+                asked.append(b)
+                return b <= threshold
+            assert largest_fitting(fits, 1, limit) == min(threshold, limit), (limit, threshold)
+            assert len(asked) == len(set(asked)) <= 2 * limit.bit_length() + 1
+            assert all(1 <= b <= limit for b in asked)
+
+
+def test_max_batch_script_runs_the_bench_per_batch():
+    import subprocess
+    import sys
+    _, script = _max_batch_module()
+    out = subprocess.run(
+        [sys.executable, script, "--gin_file=gin/models/tiny.gin", "--unit=8", "--limit=16",
+         "--gin.bench.seq_len=32", "--gin.bench.warmup_steps=1", "--gin.bench.timed_steps=1"],
+        check=True, capture_output=True, text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+    # 8 CPU devices (conftest): batches are whole rows per device.
+    assert [(ln["batch_size"], ln["fits"]) for ln in lines[:-1]] == [(8, True), (16, True)]
+    summary = lines[-1]
+    assert summary["largest_batch"] == 16 and summary["bench_mode"] == "slm_online"
+    assert summary["at_largest"]["tokens_per_s"] == 16 * 32 / summary["at_largest"]["step_s"]
