@@ -9,9 +9,10 @@ Attention backends (`ModelConfig.attention`): "xla" (causal attention in query b
 a FlashAttention-style backward, `slm_jax.flash_attention`),
 "dot_product_attention" (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU
 for bf16/fp16), "splash" (Pallas splash attention, TPU only) and "auto" (cuDNN on GPU,
-xla on CPU and TPU). All of them respect packed segments. Splash is opt-in on TPU
-(`--gin.ModelConfig.attention=splash`) until it has been run on TPU hardware: this
-project's CI and development machines have none.
+splash on TPU for lengths that are multiples of 128, xla otherwise). All of them respect
+packed segments. Splash is checked against the others through the Pallas interpreter on
+CPU; this project's CI and development machines have no TPU, so if the kernel fails to
+compile on one, `--gin.ModelConfig.attention=xla` is the fallback.
 
 Decoding with a KV cache: `init_cache` + `Decoder(config).apply(..., cache=cache)`
 returns (hidden, new cache). The cache has one slot per position of a fixed
@@ -176,15 +177,19 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
     return causal_TS[None] & same_segment_BTS
 
 
-def resolve_attention(config: ModelConfig) -> str:
-    """The backend `config.attention` names; "auto" picks by the default JAX backend.
-
-    "splash" on TPU is explicit only (not yet run on TPU hardware by this
-    project); it needs lengths divisible by 128 (its block size).
+def resolve_attention(config: ModelConfig, length: int) -> str:
+    """The backend `config.attention` names for sequences of `length`; "auto" picks by
+    the default JAX backend: cuDNN on GPU, splash on TPU when `length` is a multiple of
+    its 128 block (else xla), xla on CPU.
     """
     if config.attention != "auto":
         return config.attention
-    return "dot_product_attention" if jax.default_backend() == "gpu" else "xla"
+    backend = jax.default_backend()
+    if backend == "gpu":
+        return "dot_product_attention"
+    if backend == "tpu" and length % SPLASH_BLOCK == 0:
+        return "splash"
+    return "xla"
 
 
 def project(x, w, n_contract: int = 1, **dot_kwargs):
@@ -253,22 +258,28 @@ def dot_product_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
                                         mask=attention_mask(segment_ids_BT)[:, None])
 
 
-def splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
+# Splash attention's smallest block: sequence lengths must be a multiple of it.
+SPLASH_BLOCK = 128
+
+
+def splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT, interpret: bool = False):
     """Pallas splash attention (TPU only): causal within segments, K/V repeated per group.
 
     Under a mesh the kernel runs per shard (shard_map over the batch and head axes the
-    active logical rules give the activations).
+    active logical rules give the activations). `interpret=True` runs the same kernel
+    through the Pallas interpreter on any backend: how the tests check it on CPU.
     """
-    if jax.default_backend() != "tpu":
+    if jax.default_backend() != "tpu" and not interpret:
         raise ValueError(f"ModelConfig.attention='splash' needs a TPU (Pallas TPU kernels), but "
                          f"the JAX backend is {jax.default_backend()!r}; set "
                          "--gin.ModelConfig.attention to 'auto', 'xla' or 'dot_product_attention'")
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
     b, t, h, k = q_BTHK.shape
-    if t % 128:
+    if t % SPLASH_BLOCK:
         raise ValueError(f"ModelConfig.attention='splash' needs a sequence length divisible by "
-                         f"128, got {t}; pad the sequences or use attention='xla'")
+                         f"{SPLASH_BLOCK}, got {t}; pad the sequences or set "
+                         "--gin.ModelConfig.attention='auto' (xla for such lengths)")
     groups = h // k_BSNK.shape[2]
     q_BHTK = jnp.transpose(q_BTHK / math.sqrt(k), (0, 2, 1, 3))
     k_BHSK = jnp.transpose(jnp.repeat(k_BSNK, groups, axis=2), (0, 2, 1, 3))
@@ -283,7 +294,8 @@ def splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
             block_sizes=splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
                                           block_q_dkv=block, block_kv_dkv=block,
                                           block_kv_dkv_compute=block, block_q_dq=block,
-                                          block_kv_dq=block))
+                                          block_kv_dq=block),
+            interpret=interpret)
         return jax.vmap(lambda q1, k1, v1, s1: kernel(
             q1, k1, v1, segment_ids=splash.SegmentIds(q=s1, kv=s1)))(q, key, value, seg)
 
@@ -349,7 +361,7 @@ class Attention(nn.Module):
             out_BTHK = xla_attention(q_BTHK, k_cache.astype(q_BTHK.dtype),
                                      v_cache.astype(q_BTHK.dtype), mask_BTS)
         else:
-            backend = resolve_attention(cfg)
+            backend = resolve_attention(cfg, x_BTD.shape[1])
             if backend == "xla":
                 out_BTHK = flash_attention.causal_attention(q_BTHK, k_BSNK, v_BSNK,
                                                             attention_mask(segment_ids_BT))
