@@ -44,6 +44,11 @@ def _kv_heads(x_BSNK):
     return jnp.transpose(x_BSNK, (0, 2, 1, 3))
 
 
+def _grouped_heads(q_BTHK, k_BSNK, v_BSNK):
+    """Heads-major q [B, N, G, T, K] and k, v [B, N, S, K]."""
+    return _query_heads(q_BTHK, k_BSNK.shape[2]), _kv_heads(k_BSNK), _kv_heads(v_BSNK)
+
+
 def _tokens_first(x_BNGTK):
     b, n, g, t, k = x_BNGTK.shape
     return jnp.transpose(x_BNGTK, (0, 3, 1, 2, 4)).reshape(b, t, n * g, k)
@@ -57,8 +62,7 @@ def _masked_scores(q_BNGtK, k_BNsK, mask_BtS):
 
 
 def _forward(q_BTHK, k_BSNK, v_BSNK, mask_BTS, block):
-    n = k_BSNK.shape[2]
-    q_BNGTK, k_BNSK, v_BNSK = _query_heads(q_BTHK, n), _kv_heads(k_BSNK), _kv_heads(v_BSNK)
+    q_BNGTK, k_BNSK, v_BNSK = _grouped_heads(q_BTHK, k_BSNK, v_BSNK)
     outs, lses = [], []
     for start, end in _blocks(q_BTHK.shape[1], block):
         scores = _masked_scores(q_BNGTK[:, :, :, start:end], k_BNSK[:, :, :end],
@@ -89,7 +93,7 @@ def _causal_attention_fwd(q_BTHK, k_BSNK, v_BSNK, mask_BTS, block):
 def _causal_attention_bwd(block, residuals, dout_BTHK):
     q_BTHK, k_BSNK, v_BSNK, mask_BTS, out_BTHK, lse_BNGT1 = residuals
     n = k_BSNK.shape[2]
-    q_BNGTK, k_BNSK, v_BNSK = _query_heads(q_BTHK, n), _kv_heads(k_BSNK), _kv_heads(v_BSNK)
+    q_BNGTK, k_BNSK, v_BNSK = _grouped_heads(q_BTHK, k_BSNK, v_BSNK)
     dout_BNGTK, out_BNGTK = _query_heads(dout_BTHK, n), _query_heads(out_BTHK, n)
     scale = 1.0 / math.sqrt(q_BTHK.shape[-1])
     delta_BNGT1 = jnp.sum(dout_BNGTK.astype(jnp.float32) * out_BNGTK.astype(jnp.float32),
@@ -99,15 +103,15 @@ def _causal_attention_bwd(block, residuals, dout_BTHK):
     dv_BNSK = jnp.zeros(v_BNSK.shape, jnp.float32)
     for start, end in _blocks(q_BTHK.shape[1], block):
         q_blk, dout_blk = q_BNGTK[:, :, :, start:end], dout_BNGTK[:, :, :, start:end]
-        mask_blk = mask_BTS[:, start:end, :end][:, None, None]
-        scores = _masked_scores(q_blk, k_BNSK[:, :, :end], mask_BTS[:, start:end, :end])
+        mask_BtS = mask_BTS[:, start:end, :end]
+        scores = _masked_scores(q_blk, k_BNSK[:, :, :end], mask_BtS)
         probs = jnp.exp(scores - lse_BNGT1[:, :, :, start:end])
         dv_BNSK = dv_BNSK.at[:, :, :end].add(jnp.einsum(
             "bngts,bngtk->bnsk", probs.astype(dout_blk.dtype), dout_blk,
             preferred_element_type=jnp.float32))
         dprobs = jnp.einsum("bngtk,bnsk->bngts", dout_blk, v_BNSK[:, :, :end],
                             preferred_element_type=jnp.float32)
-        dscores = jnp.where(mask_blk, probs * (dprobs - delta_BNGT1[:, :, :, start:end]), 0.0)
+        dscores = jnp.where(mask_BtS[:, None, None], probs * (dprobs - delta_BNGT1[:, :, :, start:end]), 0.0)
         dscores = (dscores * scale).astype(q_BTHK.dtype)
         dqs.append(jnp.einsum("bngts,bnsk->bngtk", dscores, k_BNSK[:, :, :end],
                               preferred_element_type=jnp.float32))

@@ -121,6 +121,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
     peak, peak_source = device_peak()
     host_batch = synthetic_batch(batch_size, seq_len, model.vocab_size)
     tokens = batch_size * seq_len
+    reference_forward = model_lib.computing_in(model, reference_dtype, "bench.reference_dtype")
     results = []
     with sharding.activation_sharding(dev_mesh, mesh_config.rules):
         ref_params = jax.jit(
@@ -138,8 +139,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
             step = partition.jit_train_step(
                 make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
                                 loss_chunk_size=loss_chunk_size,
-                                reference_model_config=model_lib.computing_in(
-                                    model, reference_dtype, "bench.reference_dtype")),
+                                reference_model_config=reference_forward),
                 state_sh, param_sh if mode == "slm_online" else None, dev_mesh, batch_keys=keys)
             steps[mode] = (step, ref_params if mode == "slm_online" else None, batch, selection)
         # One train state goes through every mode's step in turn (same structure), so

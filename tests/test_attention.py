@@ -63,17 +63,19 @@ def _packed_inputs(batch, length, heads, kv_heads, head_dim, dtype, seed=0):
     return cast(q), cast(k), cast(v), cast(dout), model_lib.attention_mask(segments), segments
 
 
+def _vjp_outputs(fn, q, k, v, dout):
+    out, pullback = jax.vjp(fn, q, k, v)
+    return (out,) + pullback(dout)
+
+
 @pytest.mark.parametrize("length,block", [(300, 64), (256, 128), (40, 128)])
 def test_flash_attention_matches_masked_softmax_values_and_grads(length, block):
     from slm_jax.flash_attention import causal_attention
     q, k, v, dout, mask, _ = _packed_inputs(2, length, 4, 2, 16, jnp.float32)
-
-    def vjp(fn):
-        out, pullback = jax.vjp(lambda q_, k_, v_: fn(q_, k_, v_, mask), q, k, v)
-        return (out,) + pullback(dout)
-
-    got = jax.jit(lambda: vjp(functools.partial(causal_attention, block=block)))()
-    want = jax.jit(lambda: vjp(model_lib.xla_attention))()
+    got = jax.jit(lambda: _vjp_outputs(
+        lambda q_, k_, v_: causal_attention(q_, k_, v_, mask, block), q, k, v, dout))()
+    want = jax.jit(lambda: _vjp_outputs(
+        lambda q_, k_, v_: model_lib.xla_attention(q_, k_, v_, mask), q, k, v, dout))()
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=name)
 
@@ -88,11 +90,6 @@ def test_flash_attention_bf16_close_to_fp32():
     np.testing.assert_allclose(f32(got), want, atol=3e-2, rtol=3e-2)
     grads = jax.grad(lambda q_: jnp.vdot(f32(causal_attention(q_, k, v, mask, 64)), f32(dout)))(q)
     assert grads.dtype == jnp.bfloat16 and bool(jnp.isfinite(f32(grads)).all())
-
-
-def _vjp_outputs(fn, q, k, v, dout):
-    out, pullback = jax.vjp(fn, q, k, v)
-    return (out,) + pullback(dout)
 
 
 def test_splash_attention_matches_masked_softmax_in_interpret_mode():

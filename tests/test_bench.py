@@ -2,19 +2,26 @@
 
 import json
 import os
+import subprocess
+import sys
 
 from slm_jax import model as model_lib
 from slm_jax import step_benchmark
 
 TINY = model_lib.ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=64, dtype="float32")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(ln) for ln in stdout.splitlines() if ln.startswith("{")]
 
 
 def test_bench_json_lines(capsys):
     results = step_benchmark.bench(TINY, batch_size=8, seq_len=32, warmup_steps=1,
                                    timed_steps=2, reference_dtype="float32",
                                    select_tokens_count=4096)
-    lines = [json.loads(ln) for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")]
+    lines = json_lines(capsys.readouterr().out)
     assert results == lines
     select_lines = [ln for ln in lines if ln["mode"] == "select"]
     lines = [ln for ln in lines if ln["mode"] != "select"]
@@ -44,17 +51,14 @@ def test_flops_per_token_counts_attention_and_excludes_the_embedding_gather():
 
 def test_torch_comparison_step_runs_both_modes_and_reference_dtypes():
     """benchmarks/torch_slm_step.py (the PyTorch side of compare_torch.py) on tiny shapes."""
-    import subprocess
-    import sys
-    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks",
-                          "torch_slm_step.py")
+    script = os.path.join(REPO, "benchmarks", "torch_slm_step.py")
     for reference_dtype in ("float32", "bfloat16"):
         out = subprocess.run(
             [sys.executable, script, "--batch=2", "--seq_len=16", "--vocab=64", "--d_model=16",
              "--layers=1", "--heads=2", "--kv_heads=1", "--mlp=32", "--warmup_steps=1",
              "--timed_steps=2", f"--reference_dtype={reference_dtype}"],
             check=True, capture_output=True, text=True).stdout
-        lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        lines = json_lines(out)
         assert [ln["mode"] for ln in lines] == ["clm", "slm_online"]
         for line in lines:
             assert line["reference_dtype"] == reference_dtype
@@ -64,7 +68,7 @@ def test_torch_comparison_step_runs_both_modes_and_reference_dtypes():
 
 def _max_batch_module():
     import importlib.util
-    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "max_batch.py")
+    path = os.path.join(REPO, "benchmarks", "max_batch.py")
     spec = importlib.util.spec_from_file_location("max_batch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -86,15 +90,12 @@ def test_largest_fitting_batch_search_finds_the_threshold_in_few_tries():
 
 
 def test_max_batch_script_runs_the_bench_per_batch():
-    import subprocess
-    import sys
     _, script = _max_batch_module()
     out = subprocess.run(
         [sys.executable, script, "--gin_file=gin/models/tiny.gin", "--unit=8", "--limit=16",
          "--gin.bench.seq_len=32", "--gin.bench.warmup_steps=1", "--gin.bench.timed_steps=1"],
-        check=True, capture_output=True, text=True,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
-    lines = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
+        check=True, capture_output=True, text=True, cwd=REPO).stdout
+    lines = json_lines(out)
     # 8 CPU devices (conftest): batches are whole rows per device.
     assert [(ln["batch_size"], ln["fits"]) for ln in lines[:-1]] == [(8, True), (16, True)]
     summary = lines[-1]
