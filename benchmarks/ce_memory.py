@@ -15,7 +15,7 @@ import json
 import jax
 import jax.numpy as jnp
 
-from slm_jax import losses
+from slm_jax.slm import losses
 
 
 def plain_loss(hidden_BTD, unembed_DV, targets_BT):

@@ -6,7 +6,7 @@
 Runs, one after the other on an otherwise idle machine and on the shapes of
 gin/bench/cpu_small.gin (fp32 student):
   1. `python -m slm_jax.bench` CLM and SLM-online, reference forward in bf16
-     (the gin file's `bench.reference_dtype`, as in training);
+     (the gin file's `ReferenceConfig.dtype`, as in training);
   2. benchmarks/torch_slm_step.py CLM and SLM-online, fp32 reference (the usual way);
   3. `python -m slm_jax.bench` SLM-online again with an fp32 reference, so the
      comparison is also there with the same reference precision as torch.
@@ -47,7 +47,7 @@ def one_round(args) -> list[dict]:
                               f"--timed_steps={args.timed_steps}",
                               f"--reference_dtype={args.torch_reference_dtype}"])
     fp32_ref_lines = bench_lines(args.timed_steps, "--gin.bench.modes=('slm_online',)",
-                                 "--gin.bench.reference_dtype='float32'")
+                                 "--gin.ReferenceConfig.dtype='float32'")
     for line in fp32_ref_lines:
         line["mode"] = "slm_online_fp32_reference"
     return [{"framework": line.get("framework", "slm_jax"), **line}

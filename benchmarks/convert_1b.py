@@ -36,7 +36,8 @@ HF_CONFIG = {
 # Runs in the child: imports, then the conversion alone, then reports its own peak RSS.
 CHILD = r"""
 import json, resource, sys, time
-from slm_jax import convert
+from slm_jax import convert as convert_cli
+from slm_jax.hf import conversion, mapping
 rss_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 {call}
@@ -114,9 +115,12 @@ def run_child(call):
 VERIFY = r"""
 import jax, numpy as np, sys
 from safetensors import safe_open
-from slm_jax import convert, checkpoint, model
+from slm_jax import convert as convert_cli
+from slm_jax.hf import conversion, mapping
+from slm_jax.parallel import checkpoint
+from slm_jax import model
 hf_dir, out = sys.argv[1], sys.argv[2]
-cfg = convert.model_config_from_gin([out + "/model.gin"])
+cfg = mapping.model_config_from_gin([out + "/model.gin"])
 abstract = model.abstract_params(cfg)
 dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 p = checkpoint.restore_params(out + "/checkpoints", abstract, jax.tree.map(lambda _: dev, abstract),
@@ -157,7 +161,7 @@ def main():
         gen_s = time.perf_counter() - start
         result = {"params": n_params, "hf_dtype": args.dtype, "hf_bytes": nbytes,
                   "hf_shards": n_shards, "generate_s": round(gen_s, 1)}
-        r = run_child(f"convert.hf_to_orbax({hf_dir!r}, {out!r})")
+        r = run_child(f"conversion.hf_to_orbax({hf_dir!r}, {out!r})")
         result.update(hf_to_orbax_s=round(r["seconds"], 1),
                       hf_to_orbax_peak_rss_gib=round(r["peak_rss_kb"] / 2**20, 2),
                       rss_after_imports_gib=round(r["rss_after_imports_kb"] / 2**20, 2),
@@ -167,7 +171,7 @@ def main():
                        stdout=subprocess.DEVNULL)
         result["verified"] = True
         if args.export:
-            r = run_child(f"convert.orbax_to_hf({out + '/checkpoints'!r}, {back!r}, "
+            r = run_child(f"conversion.orbax_to_hf({out + '/checkpoints'!r}, {back!r}, "
                           "dtype='bfloat16', max_shard_size='1GB', "
                           f"gin_files=[{out + '/model.gin'!r}])")
             result.update(orbax_to_hf_s=round(r["seconds"], 1),

@@ -32,7 +32,7 @@ def main():
     args = parser.parse_args()
     os.sched_setaffinity(0, set(range(args.cores)))
     from slm_jax.data import pipeline  # after pinning: TF sizes its thread pools at import
-    from slm_jax.demo import prepare_demo_data
+    from slm_jax.jobs.demo import prepare_demo_data
 
     with tempfile.TemporaryDirectory() as work_dir:
         corpus, data_on = prepare_demo_data(work_dir, vocab_size=args.vocab_size, seed=0)

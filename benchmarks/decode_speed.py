@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from slm_jax import model as model_lib
-    from slm_jax.generate import Generator, greedy_generate_uncached
+    from slm_jax.model.generate import Generator, greedy_generate_uncached
 
     config = load_model(args.gin_file)
     params = model_lib.init_params(config, jax.random.key(0))

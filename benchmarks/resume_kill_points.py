@@ -2,11 +2,11 @@
 
     python benchmarks/resume_kill_points.py --trials 10 [--seed 0] [--work_dir /tmp/kill]
 
-The tiny demo-corpus run of tests/test_resume.py (8 steps, a checkpoint every
+The tiny demo-corpus run of tests/e2e/test_resume.py (8 steps, a checkpoint every
 2, async saves) runs once uninterrupted. Each trial then starts the same run,
 SIGKILLs it at a random moment -- after a random logged step plus a random
 delay of up to one second, so kills land inside steps, async checkpoint
-writes and data-state saves alike -- restarts it once, and compares per-step
+writes (params, optimizer and data state in one commit) alike -- restarts it once, and compares per-step
 loss, selected_loss and grad_norm in metrics.jsonl and the final params with
 the uninterrupted run. Prints one line per trial and "k of N bit-exact".
 """
@@ -29,7 +29,7 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from tests.test_resume import NUM_STEPS, command, final_params, losses  # noqa: E402
+from tests.e2e.test_resume import NUM_STEPS, command, final_params, losses  # noqa: E402
 from tests.tiny_corpus import tiny_corpus  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/tpu_estimate.py [--mfu 0.5] [--ici_efficiency 0.5]
 
-FLOPs come from the same count the bench uses (slm_jax.step_benchmark:
+FLOPs come from the same count the bench uses (slm_jax.jobs.step_benchmark:
 6N + attention for the student, 2N + attention for the online reference).
 Chip figures are Google's published v5p numbers; the MFU and the share of
 the ICI bandwidth a collective achieves are assumptions, printed with the
@@ -16,7 +16,7 @@ import argparse
 import gin
 
 from slm_jax import model as model_lib
-from slm_jax import step_benchmark
+from slm_jax.jobs import step_benchmark
 
 V5P_PEAK_BF16 = 459e12  # FLOP/s per chip
 V5P_ICI_BYTES = 4800e9 / 8  # 4,800 Gbps of inter-chip interconnect per chip

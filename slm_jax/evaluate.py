@@ -6,7 +6,7 @@
       [--num_problems 100] [--gin.NAME=VALUE ...]
 
 Same as `python -m slm_jax.main --gin_file=... --gin.run.job=eval --gin.math_eval.*=...`
-(see slm_jax/math_eval/job.py); writes predictions_{name}.jsonl, results.json, results.md.
+(see slm_jax/jobs/math_eval.py); writes predictions_{name}.jsonl, results.json, results.md.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ embedded demo (gin/demo.gin) runs.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -20,6 +21,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "gin/demo.gin"
 USAGE = ("usage: python -m slm_jax.main [--gin_file=FILE.gin ...] [--gin.NAME=VALUE ...]\n"
          "  e.g. python -m slm_jax.main --gin_file=gin/demo.gin --gin.train.num_steps=50")
+
+
+# Bindings that moved; the old spelling fails with one line naming the new one.
+RENAMED_BINDINGS = {
+    **{f"{job}.reference_checkpoint": "ReferenceConfig.checkpoint"
+       for job in ("train", "score", "analyze")},
+    **{f"{job}.reference_dtype": "ReferenceConfig.dtype" for job in ("train", "score", "bench")},
+    **{f"{job}.reference_model": "ReferenceConfig.model" for job in ("train", "analyze")},
+    "score.reference_model": "score.model (the student's ModelConfig) or ReferenceConfig.model",
+}
+_NO_PARAMETER = re.compile(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'")
 
 
 class UsageError(ValueError):
@@ -61,25 +73,33 @@ def _gin_literal(value: str) -> str:
 
 
 def parse_config(files: list[str], bindings: list[str]):
-    import slm_jax.jobs  # noqa: F401  (registers every gin configurable)
+    import slm_jax.jobs.registry  # noqa: F401  (registers every gin configurable)
     gin.add_config_file_search_path(REPO_ROOT)
     gin.add_config_file_search_path(os.getcwd())
     for path in files:
         if not (os.path.exists(path) or os.path.exists(os.path.join(REPO_ROOT, path))):
             raise UsageError(f"--gin_file={path}: no such file")
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    try:
+        gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    except ValueError as e:
+        match = _NO_PARAMETER.search(str(e))
+        old = match and f"{match.group(1)}.{match.group(2)}"
+        if old in RENAMED_BINDINGS:
+            raise UsageError(f"{old} was renamed: bind {RENAMED_BINDINGS[old]} instead "
+                             f"(e.g. --gin.{RENAMED_BINDINGS[old].split()[0]}=...)") from e
+        raise
     gin.finalize()
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        import slm_jax.jobs  # noqa: F401  (configurables first, so flags can reference them)
+        import slm_jax.jobs.registry  # noqa: F401  (configurables first, so flags can reference them)
         files, bindings = parse_flags(argv)
         parse_config(files or [DEFAULT_GIN_FILE], bindings)
-        from slm_jax import sharding
-        sharding.initialize_distributed()
-        from slm_jax import jobs
+        from slm_jax.parallel import distributed
+        distributed.initialize_distributed()
+        from slm_jax.jobs import registry as jobs
         jobs.run()
     except UsageError as e:
         print(str(e), file=sys.stderr)

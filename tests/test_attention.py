@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from slm_jax import model as model_lib
+from slm_jax.model import attention
 
 TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=32, dtype="float32", attention="xla")
@@ -38,7 +39,7 @@ def test_xla_and_dot_product_attention_agree_on_packed_segments():
 
 
 def test_auto_is_xla_on_cpu_and_splash_needs_tpu():
-    assert model_lib.resolve_attention(dataclasses.replace(TINY, attention="auto"), 256) == "xla"
+    assert attention.resolve_attention(dataclasses.replace(TINY, attention="auto"), 256) == "xla"
     config = dataclasses.replace(TINY, attention="splash")
     params = model_lib.abstract_params(TINY)
     with pytest.raises(ValueError, match="needs a TPU"):
@@ -60,7 +61,7 @@ def _packed_inputs(batch, length, heads, kv_heads, head_dim, dtype, seed=0):
     row0[:cuts[0]], row0[cuts[0]:cuts[1]], row0[cuts[1]:cuts[2]] = 1, 2, 3
     segments = jnp.asarray(np.stack([row0, np.ones(length, np.int32)]))
     cast = lambda x: x.astype(dtype)
-    return cast(q), cast(k), cast(v), cast(dout), model_lib.attention_mask(segments), segments
+    return cast(q), cast(k), cast(v), cast(dout), attention.attention_mask(segments), segments
 
 
 def _vjp_outputs(fn, q, k, v, dout):
@@ -70,25 +71,25 @@ def _vjp_outputs(fn, q, k, v, dout):
 
 @pytest.mark.parametrize("length,block", [(300, 64), (256, 128), (40, 128)])
 def test_flash_attention_matches_masked_softmax_values_and_grads(length, block):
-    from slm_jax.flash_attention import causal_attention
+    blockwise_attention = attention.blockwise_attention
     q, k, v, dout, mask, _ = _packed_inputs(2, length, 4, 2, 16, jnp.float32)
     got = jax.jit(lambda: _vjp_outputs(
-        lambda q_, k_, v_: causal_attention(q_, k_, v_, mask, block), q, k, v, dout))()
+        lambda q_, k_, v_: blockwise_attention(q_, k_, v_, mask, block), q, k, v, dout))()
     want = jax.jit(lambda: _vjp_outputs(
-        lambda q_, k_, v_: model_lib.xla_attention(q_, k_, v_, mask), q, k, v, dout))()
+        lambda q_, k_, v_: attention.masked_attention(q_, k_, v_, mask), q, k, v, dout))()
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=name)
 
 
 def test_flash_attention_bf16_close_to_fp32():
-    from slm_jax.flash_attention import causal_attention
+    blockwise_attention = attention.blockwise_attention
     q, k, v, dout, mask, _ = _packed_inputs(2, 200, 4, 2, 16, jnp.bfloat16, seed=1)
-    got = jax.jit(functools.partial(causal_attention, block=64))(q, k, v, mask)
+    got = jax.jit(functools.partial(blockwise_attention, block=64))(q, k, v, mask)
     assert got.dtype == jnp.bfloat16
     f32 = lambda x: x.astype(jnp.float32)
-    want = model_lib.xla_attention(f32(q), f32(k), f32(v), mask)
+    want = attention.masked_attention(f32(q), f32(k), f32(v), mask)
     np.testing.assert_allclose(f32(got), want, atol=3e-2, rtol=3e-2)
-    grads = jax.grad(lambda q_: jnp.vdot(f32(causal_attention(q_, k, v, mask, 64)), f32(dout)))(q)
+    grads = jax.grad(lambda q_: jnp.vdot(f32(blockwise_attention(q_, k, v, mask, 64)), f32(dout)))(q)
     assert grads.dtype == jnp.bfloat16 and bool(jnp.isfinite(f32(grads)).all())
 
 
@@ -96,25 +97,25 @@ def test_splash_attention_matches_masked_softmax_in_interpret_mode():
     """The splash wrapper (scaling, GQA repeat, layouts, segments) through the Pallas
     interpreter: values and gradients equal masked softmax attention."""
     q, k, v, dout, mask, segments = _packed_inputs(2, 256, 4, 2, 64, jnp.float32, seed=2)
-    splash = functools.partial(model_lib.splash_attention, segment_ids_BT=segments,
+    splash = functools.partial(attention.splash_attention, segment_ids_BT=segments,
                                interpret=True)
     got = jax.jit(lambda: _vjp_outputs(splash, q, k, v, dout))()
     want = jax.jit(lambda: _vjp_outputs(
-        lambda q_, k_, v_: model_lib.xla_attention(q_, k_, v_, mask), q, k, v, dout))()
+        lambda q_, k_, v_: attention.masked_attention(q_, k_, v_, mask), q, k, v, dout))()
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4, err_msg=name)
 
 
 def test_splash_attention_under_a_mesh_runs_per_shard_in_interpret_mode():
-    from slm_jax import sharding
+    from slm_jax.parallel import sharding
     q, k, v, dout, mask, segments = _packed_inputs(2, 128, 4, 2, 64, jnp.float32, seed=3)
     mesh_config = sharding.MeshConfig(data=2, fsdp=1, tensor=4)
     mesh = sharding.make_mesh(mesh_config)
     with sharding.activation_sharding(mesh, mesh_config.rules):
         got = jax.jit(lambda: _vjp_outputs(functools.partial(
-            model_lib.splash_attention, segment_ids_BT=segments, interpret=True),
+            attention.splash_attention, segment_ids_BT=segments, interpret=True),
             q, k, v, dout))()
-    want = _vjp_outputs(lambda q_, k_, v_: model_lib.xla_attention(q_, k_, v_, mask),
+    want = _vjp_outputs(lambda q_, k_, v_: attention.masked_attention(q_, k_, v_, mask),
                         q, k, v, dout)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
         np.testing.assert_allclose(g, w, atol=1e-4, rtol=1e-4, err_msg=name)
@@ -126,5 +127,5 @@ def test_auto_attention_picks_by_backend_and_length(monkeypatch):
                                       ("gpu", 100, "dot_product_attention"),
                                       ("cpu", 2048, "xla")]:
         monkeypatch.setattr(jax, "default_backend", lambda: backend)
-        assert model_lib.resolve_attention(auto, length) == expected, (backend, length)
-    assert model_lib.resolve_attention(TINY, 2048) == "xla"  # named backends are kept
+        assert attention.resolve_attention(auto, length) == expected, (backend, length)
+    assert attention.resolve_attention(TINY, 2048) == "xla"  # named backends are kept

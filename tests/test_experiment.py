@@ -1,21 +1,24 @@
-"""Pieces of the miniature experiment: answer extraction, curve crossing, greedy decoding, plot."""
+"""Pieces of the miniature experiment (slm_jax/jobs/experiment.py): grading, curve crossing,
+greedy decoding, plot."""
 
 import jax
 import numpy as np
 
-from slm_jax import experiment
+from slm_jax.jobs import experiment
+from slm_jax.math_eval import grader
 from slm_jax import model as model_lib
-from slm_jax.generate import greedy_generate
+from slm_jax.model.generate import greedy_generate
 
 TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=32, dtype="float32")
 
 
-def test_extract_answer():
-    assert experiment.extract_answer("a = 3\n#### 1,254\nQuestion:") == "1254"
-    assert experiment.extract_answer("#### -7") == "-7"
-    assert experiment.extract_answer("#### 2.5") == "2.5"
-    assert experiment.extract_answer("no answer line") is None
+def test_answers_are_graded_by_the_eval_jobs_grader():
+    # One grading path: the experiment's accuracy hook uses math_eval's grader.
+    correct = lambda text, answer: grader.is_equiv(grader.extract_answer(text), answer)
+    assert correct("a = 3\n#### 1,254\nQuestion:", "1254")
+    assert correct("#### -7", "-7") and correct("#### 2.5", "2.5")
+    assert not correct("#### 2.5", "25") and not correct("no answer line", "7")
 
 
 def test_tokens_to_reach_interpolates():

@@ -7,8 +7,8 @@ import jax
 import pytest
 
 from slm_jax import model as model_lib
-from slm_jax import sharding
-from slm_jax.generate import Generator, generate, greedy_generate, greedy_generate_uncached
+from slm_jax.parallel import sharding
+from slm_jax.model.generate import Generator, generate, greedy_generate, greedy_generate_uncached
 
 TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=48, dtype="float32")

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from slm_jax.losses import per_token_loss
+from slm_jax.slm.losses import per_token_loss
 
 
 def _naive_loss(hidden_BTD, unembed_DV, targets_BT):

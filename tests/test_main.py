@@ -14,6 +14,14 @@ import pytest
 from slm_jax import main as main_lib
 from tests.tiny_corpus import tiny_corpus
 
+
+@pytest.fixture(autouse=True)
+def fresh_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -22,13 +30,6 @@ def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
     return tiny_corpus(root, seed=1, n_web_docs=300, n_clean_docs=150, n_eval_docs=40,
                        spm_on_clean=True)
-
-
-@pytest.fixture(autouse=True)
-def fresh_gin():
-    gin.clear_config()
-    yield
-    gin.clear_config()
 
 
 def train_flags(corpus, run_dir, *extra):
@@ -90,18 +91,3 @@ def test_later_flags_win(corpus, tmp_path):
     main_lib.parse_config(files, bindings)
     from slm_jax.model import ModelConfig
     assert ModelConfig().d_model == 48 and ModelConfig().vocab_size == 512
-
-
-def test_demo_end_to_end_prints_the_table(capsys, tmp_path):
-    work = tmp_path / "demo"
-    code, out = run_main(capsys, [
-        "--gin_file=gin/demo.gin", "--gin_file=gin/models/tiny.gin",
-        f"--gin.demo.work_dir={work}", "--gin.demo.vocab_size=512",
-        "--gin.demo.reference_steps=3", "--gin.demo.student_steps=3",
-        "--gin.DataConfig.seq_len=64", "--gin.DataConfig.global_batch_size=8",
-        "--gin.train.eval_batches=2"])
-    assert code == 0, out.err
-    assert "| SLM student |" in out.out and "| CLM student |" in out.out
-    results = json.loads((work / "results.json").read_text())
-    assert set(results) >= {"reference", "clm", "slm", "tokens"}
-    assert results["tokens"] == 3 * 8 * 64

@@ -5,11 +5,10 @@ import math
 import zlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax.selection import SelectionConfig, masked_mean, select_tokens
+from slm_jax.slm.selection import SelectionConfig, select_tokens
 
 
 def numpy_select(excess, weights, ratio, scope):
@@ -115,12 +114,6 @@ def test_batch_scope_ranks_across_rows():
     weights = np.ones_like(excess)
     np.testing.assert_array_equal(select_tokens(excess, weights, 0.5, "batch"), [[1, 1], [0, 0]])
     np.testing.assert_array_equal(select_tokens(excess, weights, 0.5, "sequence"), [[1, 0], [1, 0]])
-
-
-def test_masked_mean():
-    loss = jnp.array([[1.0, 2.0, 3.0]])
-    assert float(masked_mean(loss, jnp.array([[1.0, 0.0, 1.0]]))) == pytest.approx(2.0)
-    assert float(masked_mean(loss, jnp.zeros((1, 3)))) == 0.0
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.5, -0.1, float("nan")])

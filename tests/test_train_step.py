@@ -3,16 +3,14 @@
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from slm_jax import checkpoint as ckpt_lib
 from slm_jax import model as model_lib
-from slm_jax import partition, sharding
-from slm_jax.optim import OptimizerConfig, make_optimizer
-from slm_jax.selection import SelectionConfig
-from slm_jax.train_step import make_train_step
+from slm_jax.parallel import partition, sharding
+from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from slm_jax.slm.selection import SelectionConfig
+from slm_jax.slm.train_step import make_train_step
 
 TINY = model_lib.ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=64, dtype="float32")
@@ -42,7 +40,7 @@ def run_steps(selection, mesh_config=sharding.MeshConfig(), *, devices=None, ste
     mesh = sharding.make_mesh(mesh_config, devices)
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=lr, warmup_steps=0), 100)
     state_sh = partition.state_shardings(config, tx, mesh)
-    ref_sh = partition.param_shardings(config, mesh) if selection.mode == "slm" else None
+    ref_sh = sharding.param_shardings(config, mesh) if selection.mode == "slm" else None
     with sharding.activation_sharding(mesh, mesh_config.rules):
         state = partition.init_state(config, tx, jax.random.key(0), state_sh)
         ref_params = None
@@ -128,48 +126,3 @@ def test_tiny_model_overfits_one_batch():
     batches = [make_batch(3)]
     _, metrics = run_steps(SelectionConfig(mode="slm", ratio=0.6), batches=batches, steps=40)
     assert metrics[-1]["loss"] < 0.5 * metrics[0]["loss"]
-
-
-def test_checkpoint_restore_gives_identical_next_step(tmp_path):
-    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
-    tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-2), 10)
-    state_sh = partition.state_shardings(TINY, tx, mesh)
-    step = partition.jit_train_step(make_train_step(TINY, SelectionConfig(), tx, schedule),
-                                    state_sh, None, mesh)
-    with sharding.activation_sharding(mesh):
-        state = partition.init_state(TINY, tx, jax.random.key(0), state_sh)
-        state, _ = step(state, None, make_batch(0))
-        ckpt = ckpt_lib.Checkpointer(str(tmp_path / "ckpt"), ckpt_lib.CheckpointConfig(every_steps=1))
-        ckpt.save(state)
-        ckpt.close()
-        continued, m_cont = step(state, None, make_batch(1))
-        restored = ckpt_lib.Checkpointer(str(tmp_path / "ckpt")).restore(
-            partition.abstract_train_state(TINY, tx), state_sh)
-        assert int(restored.step) == 1
-        assert restored.params["embed"]["embedding"].sharding == state_sh.params["embed"]["embedding"]
-        resumed, m_res = step(restored, None, make_batch(1))
-    assert float(m_cont["loss"]) == float(m_res["loss"])
-    for x, y in zip(jax.tree.leaves(continued), jax.tree.leaves(resumed)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_reference_params_restore_read_only_and_reject_other_shapes(tmp_path):
-    mesh = sharding.make_mesh(sharding.MeshConfig())
-    tx, _ = make_optimizer(OptimizerConfig(), 10)
-    state_sh = partition.state_shardings(TINY, tx, mesh)
-    with sharding.activation_sharding(mesh):
-        state = partition.init_state(TINY, tx, jax.random.key(1), state_sh)
-    ckpt = ckpt_lib.Checkpointer(str(tmp_path / "ref"))
-    ckpt.save(state, force=True)
-    ckpt.close()
-    params = ckpt_lib.restore_params(str(tmp_path / "ref"), model_lib.abstract_params(TINY),
-                                     state_sh.params, binding="train.reference_checkpoint")
-    assert_trees_close(params, state.params, rtol=0, atol=0)
-    bigger = model_lib.ModelConfig(**{**TINY.__dict__, "d_model": 64})
-    with pytest.raises(ValueError, match="train.reference_checkpoint=.*does not match"):
-        ckpt_lib.restore_params(str(tmp_path / "ref"), model_lib.abstract_params(bigger),
-                                partition.param_shardings(bigger, mesh),
-                                binding="train.reference_checkpoint")
-    with pytest.raises(ValueError, match="train.reference_checkpoint=.*does not exist"):
-        ckpt_lib.restore_params(str(tmp_path / "missing"), model_lib.abstract_params(TINY),
-                                state_sh.params, binding="train.reference_checkpoint")

@@ -30,24 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Optional, Union
+from typing import Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from slm_jax.data import openwebmath, streams  # noqa: E402  (hides GPUs from TF first)
+from slm_jax.data import streams, tasks  # noqa: E402  (hides GPUs from TF first)
 from slm_jax.data.tasks import TEXT_FEATURE  # noqa: E402
 
 import gin  # noqa: E402
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import seqio  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "loss_weights")
 _REQUIRED = ""  # Sentinel for bindings without a sensible default.
 
 
@@ -64,8 +61,8 @@ class DataConfig:
     shuffle: bool = True
     shuffle_buffer: int = 1000  # documents
     task_name: Optional[str] = None  # default derived from the source and vocab_path
-    source: str = "files"  # "files" or "tfds" (see openwebmath.py)
-    tfds_name: Optional[str] = None  # e.g. openwebmath.TFDS_NAME (source "tfds")
+    source: str = "files"  # "files" or "tfds" (see tasks.py)
+    tfds_name: Optional[str] = None  # e.g. 'huggingface:open_web_math__open_web_math' (source "tfds")
     tfds_data_dir: Optional[str] = None  # tfds data_dir; alone: a prepared dataset's version dir
     # Streams making up each global batch; the data order depends on it (and
     # not on the hosts), so fix it for a run: a multiple of every host count
@@ -73,8 +70,8 @@ class DataConfig:
     num_streams: int = 1
 
     def __post_init__(self):
-        if self.source not in openwebmath.SOURCES:
-            raise ValueError(f"DataConfig.source={self.source!r} must be one of {openwebmath.SOURCES}.")
+        if self.source not in tasks.SOURCES:
+            raise ValueError(f"DataConfig.source={self.source!r} must be one of {tasks.SOURCES}.")
         required = ["vocab_path"] + (["file_pattern"] if self.source == "files" else [])
         for field in sorted(required):
             if not getattr(self, field):
@@ -84,7 +81,7 @@ class DataConfig:
                 )
         if self.source == "tfds" and not (self.tfds_name or self.tfds_data_dir):
             raise ValueError("DataConfig.source='tfds' needs DataConfig.tfds_name (e.g. "
-                             f"{openwebmath.TFDS_NAME!r}) or DataConfig.tfds_data_dir.")
+                             f"{'huggingface:open_web_math__open_web_math'}) or DataConfig.tfds_data_dir.")
         for field in ("seq_len", "global_batch_size", "shuffle_buffer", "num_streams"):
             if getattr(self, field) < 1:
                 raise ValueError(f"DataConfig.{field} must be positive, got {getattr(self, field)}.")
@@ -106,7 +103,7 @@ class DataConfig:
 
 def register_task(config: DataConfig) -> seqio.Task:
     """Registers the config's seqio Task (files or TFDS) under its resolved name."""
-    return openwebmath.register_corpus_task(
+    return tasks.register_corpus_task(
         config.resolved_task_name(), config.vocab_path, source=config.source,
         file_pattern=config.file_pattern, tfds_name=config.tfds_name,
         tfds_data_dir=config.tfds_data_dir)
@@ -332,154 +329,7 @@ def host_streams(config: DataConfig, host_index: int = 0, num_hosts: int = 1, *,
     return stream_set(config, stream_layout.host_streams(host_index, num_hosts), repeat=repeat)
 
 
-# --------------------------------------------------------------------------
-# Global arrays.
-
-
-ShardingArg = Union[jax.sharding.Sharding, Mapping[str, jax.sharding.Sharding], None]
-
-
-def _shardings_by_key(mesh: jax.sharding.Mesh, batch_sharding: ShardingArg) -> dict:
-    if batch_sharding is None:
-        # Batch axis split over every mesh axis: plain data parallelism.
-        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names))
-    if isinstance(batch_sharding, Mapping):
-        return {k: batch_sharding[k] for k in BATCH_KEYS}
-    return {k: batch_sharding for k in BATCH_KEYS}
-
-
-def batch_spec(config: DataConfig, batch_sharding: ShardingArg = None) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global batch shapes and dtypes (with shardings when given), for jit tracing."""
-    shape = (config.global_batch_size, config.seq_len)
-    shardings = (batch_sharding if isinstance(batch_sharding, Mapping)
-                 else {k: batch_sharding for k in BATCH_KEYS})
-    return {
-        k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_weights" else np.int32, sharding=shardings[k])
-        for k in BATCH_KEYS
-    }
-
-
-def _rows_by_process(shardings: Mapping[str, jax.sharding.Sharding], shape) -> dict[int, set[int]]:
-    """Global batch rows each process's devices hold (any key)."""
-    rows: dict[int, set[int]] = {}
-    for sharding in shardings.values():
-        for device, index in sharding.devices_indices_map(shape).items():
-            rows.setdefault(device.process_index, set()).update(range(*index[0].indices(shape[0])))
-    return rows
-
-
-class TrainIterator:
-    """Global batches (dicts of jax.Arrays) in the host-independent, resumable order.
-
-    Each process builds the streams whose rows its devices hold -- taken from
-    the sharding, not from ``jax.process_index()``, since a mesh may order
-    hosts differently -- and writes the state of the streams it is the first
-    holder of. ``step`` is the number of batches returned so far.
-    """
-
-    def __init__(self, config: DataConfig, mesh: jax.sharding.Mesh,
-                 batch_sharding: ShardingArg = None, *, repeat: bool = True):
-        stream_layout = streams.layout(config.num_streams, config.global_batch_size,
-                                       jax.process_count())
-        self._shardings = _shardings_by_key(mesh, batch_sharding)
-        self._shape = (config.global_batch_size, config.seq_len)
-        by_process = _rows_by_process(self._shardings, self._shape)
-        per_stream = stream_layout.rows_per_stream
-        holders = {k: sorted(p for p, rows in by_process.items()
-                             if rows & set(stream_layout.stream_rows(k)))
-                   for k in range(config.num_streams)}
-        me = jax.process_index()
-        ids = [k for k, procs in holders.items() if me in procs]
-        self._writes = [k for k in ids if holders[k][0] == me]
-        self._local_row = np.full(config.global_batch_size, -1)
-        for i, k in enumerate(ids):
-            self._local_row[stream_layout.stream_rows(k)] = np.arange(i * per_stream, (i + 1) * per_stream)
-        self._doc_filter = DocumentFilter()
-        self._streams = stream_set(config, ids, repeat=repeat, doc_filter=self._doc_filter)
-
-    @property
-    def step(self) -> int:
-        return self._streams.step
-
-    @property
-    def skipped_documents(self) -> int:
-        """Empty or non-UTF-8 documents this process's streams have dropped (see DocumentFilter)."""
-        return self._doc_filter.skipped
-
-    def __iter__(self) -> "TrainIterator":
-        return self
-
-    def __next__(self) -> dict[str, jax.Array]:
-        local = next(self._streams)
-        return {k: jax.make_array_from_callback(self._shape, self._shardings[k],
-                                                lambda index, v=v: self._device_rows(v, index))
-                for k, v in local.items()}
-
-    def _device_rows(self, local: np.ndarray, index: tuple) -> np.ndarray:
-        rows = self._local_row[index[0]]
-        if (rows < 0).any():
-            raise RuntimeError("a device of this process needs batch rows of a stream this "
-                               "process does not build; the batch sharding changed after the "
-                               "iterator was made.")
-        return local[rows][(slice(None),) + tuple(index[1:])]
-
-    def save(self, directory: str, step: int, *, keep: Optional[int] = None) -> None:
-        """Saves the data order after ``step`` batches; call on every process.
-
-        Writes ``directory/step_{step:09d}/stream_{k:05d}_of_{K:05d}.json`` for the
-        streams this process writes (a few hundred bytes each). ``keep`` prunes
-        all but the newest ``keep`` steps (use CheckpointConfig.keep).
-        """
-        self._streams.save(directory, step, stream_ids=self._writes, keep=keep)
-
-    def restore(self, directory: str, step: int) -> bool:
-        """Continues at ``step`` from ``save``d state; False (nothing changed) when there is none."""
-        if self._streams.missing_state(directory, step):
-            return False
-        self._streams.restore(directory, step)
-        return True
-
-    def skip_to(self, step: int) -> None:
-        """Replays to ``step`` without saved state (reads and packs every skipped row)."""
-        self._streams.skip_to(step)
-
-
-def make_train_iterator(config: DataConfig, mesh: jax.sharding.Mesh,
-                        batch_sharding: ShardingArg = None, *,
-                        restore_from: Optional[tuple[str, int]] = None,
-                        repeat: bool = True) -> TrainIterator:
-    """The trainer's batches; ``restore_from=(directory, step)`` continues at ``step``.
-
-    Restores the positions ``TrainIterator.save`` wrote for ``step``; when they
-    are missing (a run saved before this existed, or a crash between the model
-    checkpoint and the data save) it logs a warning and replays the ``step``
-    batches instead -- exact, but it reads and packs all of them.
-    """
-    iterator = TrainIterator(config, mesh, batch_sharding, repeat=repeat)
-    if restore_from is not None and restore_from[1] > 0:
-        directory, step = restore_from
-        if not iterator.restore(directory, step):
-            logging.warning("no saved data order for step %d under %s; replaying %d batches",
-                            step, directory, step)
-            iterator.skip_to(step)
-    return iterator
-
-
-def global_batches(
-    config: DataConfig, mesh: jax.sharding.Mesh, batch_sharding: ShardingArg = None, *, repeat: bool = True
-) -> Iterator[dict[str, jax.Array]]:
-    """Global batches as jax.Arrays in the stream order (``make_train_iterator``).
-
-    ``batch_sharding`` (one Sharding for all keys, or one per key) defaults to
-    the batch axis split across all axes of ``mesh``. With ``repeat=False``
-    each process stops when its own streams end (finished streams give
-    all-padding rows until then).
-    """
-    return make_train_iterator(config, mesh, batch_sharding, repeat=repeat)
-
-
 __all__ = [
-    "BATCH_KEYS", "DataConfig", "DocumentFilter", "TrainIterator", "batch_spec", "global_batches", "host_batch_size",
-    "host_batches", "host_streams", "lm_view", "make_train_iterator", "packed_dataset",
-    "register_task", "stream_set",
+    "DataConfig", "DocumentFilter", "host_batch_size", "host_batches", "host_streams", "lm_view",
+    "packed_dataset", "register_task", "stream_set",
 ]

@@ -13,21 +13,18 @@ can therefore restart at the start of its current block from a cursor into
 its documents -- skip ``D`` documents before tokenising them (cheap: only
 reading), skip ``C`` chunks of the next one, pack, and drop the rows of the
 block it had already returned. :class:`StreamPosition` follows that cursor
-from the rows it sees, so a saved stream is a few integers in a small JSON
-file, and restoring it costs a read of the skipped documents plus one block.
+from the rows it sees, so a saved stream is a few integers (saved inside the
+train checkpoint, see ``StreamSet.state``), and restoring it costs a read of the skipped documents plus one block.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 TOKENS, SEGMENTS = "targets", "targets_segment_ids"  # packed-row keys the position follows
 
@@ -76,7 +73,7 @@ def layout(num_streams: int, global_batch_size: int, num_hosts: int = 1) -> Layo
         fits = [d for d in _divisors(global_batch_size) if d % max(num_hosts, 1) == 0]
         raise ValueError(
             f"DataConfig.num_streams={num_streams} is not a multiple of the number of hosts "
-            f"({num_hosts}); each host builds whole streams. Set --gin.DataConfig.num_streams to "
+            f"({num_hosts}); each host builds whole streams. Set DataConfig.num_streams to "
             f"one of {fits or 'nothing: global_batch_size is not divisible by the hosts'} "
             "(the data order depends on num_streams, not on the hosts, so keep it for the run).")
     return Layout(num_streams, global_batch_size)
@@ -162,34 +159,6 @@ class Stream:
         return batch
 
 
-# --------------------------------------------------------------------------
-# State files: one small JSON per stream and step, readable by any host layout.
-
-
-def state_dir(directory: str, step: int) -> str:
-    return f"{directory.rstrip('/')}/step_{step:09d}"
-
-
-def state_path(directory: str, step: int, stream: int, num_streams: int) -> str:
-    return f"{state_dir(directory, step)}/stream_{stream:05d}_of_{num_streams:05d}.json"
-
-
-def saved_steps(directory: str) -> list[int]:
-    """Steps with a state directory under ``directory``, ascending."""
-    if not tf.io.gfile.isdir(directory):
-        return []
-    names = (n.rstrip("/") for n in tf.io.gfile.listdir(directory))
-    return sorted(int(m.group(1)) for n in names if (m := re.fullmatch(r"step_(\d+)", n)))
-
-
-def _write_json(path: str, record: Mapping) -> None:
-    # Written then renamed, so a reader never sees half a file.
-    tmp = path + ".tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(record, sort_keys=True))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
-
-
 def _pad_rows(rows: Rows, num_rows: int) -> Rows:
     missing = num_rows - len(next(iter(rows.values())))
     if not missing:
@@ -241,75 +210,46 @@ class StreamSet:
     def positions(self) -> dict[int, StreamPosition]:
         return {s.index: dataclasses.replace(s.position) for s in self._streams}
 
-    # -- save / restore / replay -------------------------------------------
+    # -- state / restore / replay -----------------------------------------
 
-    def save(self, directory: str, step: int, *, stream_ids: Optional[Sequence[int]] = None,
-             keep: Optional[int] = None) -> None:
-        """Writes the position of ``stream_ids`` (default: all of this set's) for ``step``.
-
-        ``step`` must be the number of batches returned so far. With ``keep``,
-        this set's files of all but the newest ``keep`` saved steps are removed.
-        """
-        if step != self.step:
-            raise ValueError(f"asked to save the data order as step {step}, but {self.step} "
-                             "batches were taken from this iterator; save right after the "
-                             f"checkpoint of step {self.step}.")
-        ids = self.stream_ids if stream_ids is None else list(stream_ids)
-        tf.io.gfile.makedirs(state_dir(directory, step))
+    def state(self, stream_ids: Optional[Sequence[int]] = None) -> dict:
+        """The data order after ``step`` batches as a small JSON-able record: the
+        positions of ``stream_ids`` (default: all of this set's) and what they are valid for.
+        The trainer saves it as an item of the same orbax checkpoint as the model."""
         positions = self.positions()
-        for k in ids:
-            _write_json(state_path(directory, step, k, self.layout.num_streams), {
-                "step": step, "stream": k, "num_streams": self.layout.num_streams,
-                "position": dataclasses.asdict(positions[k]), "fingerprint": self.fingerprint})
-        if keep is not None:
-            self._prune(directory, keep, ids)
+        ids = self.stream_ids if stream_ids is None else list(stream_ids)
+        return {"step": self.step, "num_streams": self.layout.num_streams,
+                "fingerprint": self.fingerprint,
+                "positions": {str(k): dataclasses.asdict(positions[k]) for k in ids}}
 
-    def _prune(self, directory: str, keep: int, ids: Sequence[int]) -> None:
-        for old in saved_steps(directory)[:-keep] if keep > 0 else []:
-            for k in ids:
-                path = state_path(directory, old, k, self.layout.num_streams)
-                if tf.io.gfile.exists(path):
-                    tf.io.gfile.remove(path)
-            try:  # the last host to empty it removes it; others may still be writing
-                if not tf.io.gfile.listdir(state_dir(directory, old)):
-                    tf.io.gfile.rmtree(state_dir(directory, old))
-            except tf.errors.OpError:
-                pass
+    def restore_state(self, record: Mapping, where: str) -> None:
+        """Continues from a ``state()`` record holding (at least) this set's streams.
 
-    def missing_state(self, directory: str, step: int) -> list[str]:
-        """State files this set needs for ``step`` that do not exist."""
-        paths = [state_path(directory, step, k, self.layout.num_streams) for k in self.stream_ids]
-        return [p for p in paths if not tf.io.gfile.exists(p)]
-
-    def restore(self, directory: str, step: int) -> None:
-        """Continues at ``step`` from saved positions (FileNotFoundError if any is missing)."""
-        missing = self.missing_state(directory, step)
+        ``where`` names the record's origin (a checkpoint) in error messages.
+        """
+        self._check_record(record, where)
+        missing = [k for k in self.stream_ids if str(k) not in record["positions"]]
         if missing:
-            raise FileNotFoundError(f"no saved data order for step {step}: {missing[:3]}"
-                                    f"{' ...' if len(missing) > 3 else ''}")
-        positions = {}
-        for k in self.stream_ids:
-            path = state_path(directory, step, k, self.layout.num_streams)
-            with tf.io.gfile.GFile(path, "r") as f:
-                record = json.loads(f.read())
-            self._check_record(record, path, step)
-            positions[k] = StreamPosition(**record["position"])
-        self._streams, self.step = self._open(positions), step
+            raise ValueError(f"{where} holds no data position for streams {missing[:3]}; it "
+                             "was saved by another data layout.")
+        positions = {k: StreamPosition(**record["positions"][str(k)]) for k in self.stream_ids}
+        self._streams, self.step = self._open(positions), int(record["step"])
 
-    def _check_record(self, record: Mapping, path: str, step: int) -> None:
+    def _check_record(self, record: Mapping, where: str) -> None:
         saved = record.get("fingerprint", {})
         changed = sorted(k for k in set(saved) | set(self.fingerprint)
                          if saved.get(k) != self.fingerprint.get(k))
         if changed:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed)
             raise ValueError(
-                f"the data order saved in {path} was made with other data settings ({detail}); "
-                "restore the DataConfig of that run, or delete the data-state directory to "
-                "replay the new order from the checkpoint's step (slow).")
-        expected = step * self.layout.rows_per_stream
-        if record["position"]["rows"] != expected:
-            raise ValueError(f"{path} records {record['position']['rows']} rows, but step {step} "
-                             f"needs {expected}; the file does not belong to this run.")
+                f"the data order saved in {where} was made with other data settings ({detail}); "
+                "restore the DataConfig of that run, or start a new run_dir.")
+        expected = int(record["step"]) * self.layout.rows_per_stream
+        wrong = [k for k, p in record["positions"].items() if p["rows"] != expected]
+        if wrong:
+            raise ValueError(f"{where} records {record['positions'][wrong[0]]['rows']} rows for "
+                             f"stream {wrong[0]}, but step {record['step']} needs {expected}; "
+                             "the data state does not belong to this run.")
 
     def skip_to(self, step: int) -> None:
         """Replays the streams up to ``step`` (reads and packs every skipped row)."""
@@ -323,5 +263,4 @@ class StreamSet:
             self.step += 1
 
 
-__all__ = ["BlockAssumptionError", "Layout", "Stream", "StreamPosition", "StreamSet", "layout",
-           "saved_steps", "state_dir", "state_path"]
+__all__ = ["BlockAssumptionError", "Layout", "Stream", "StreamPosition", "StreamSet", "layout"]

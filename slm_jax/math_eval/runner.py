@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 
-from slm_jax.math_eval import data as data_lib
+from slm_jax.math_eval import problems as data_lib
 from slm_jax.math_eval import grader, prompts
 
 

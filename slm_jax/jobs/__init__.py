@@ -1,0 +1,2 @@
+"""The jobs `run.job` chooses (registry.py): train (SLM steps 1 and 3), score (step 2),
+bench, analyze, eval, demo and experiment, and what they share (logging, run records)."""

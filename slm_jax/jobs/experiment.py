@@ -1,0 +1,165 @@
+"""The `experiment` job: Rho-1's SLM-vs-CLM comparison in miniature.
+
+  base       CLM on the web split from random init (the "pretrained" model)
+  reference  base + CLM on the clean split                       (SLM step 1)
+  scored     the web stream scored once by the reference         (SLM step 2)
+  slm, clm   both from base, on exactly the same scored web batches (step 3 vs
+             the baseline), evaluated every `eval_every` steps on the held-out
+             clean split: loss and exact-match accuracy of greedy answers.
+
+Writes curves.png (held-out loss and accuracy against tokens seen, the
+paper's Figure 1 in small), results.md and results.json into work_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import gin
+import numpy as np
+
+from slm_jax import model as model_lib
+from slm_jax.data import tokenizer
+from slm_jax.jobs import score as scoring
+from slm_jax.jobs import train as train_lib
+from slm_jax.jobs.demo import prepare_demo_data
+from slm_jax.math_eval import grader
+from slm_jax.model.generate import greedy_generate
+from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.slm.selection import SelectionConfig
+
+
+def make_accuracy_hook(problems_path: str, vocab_path: str, model: model_lib.ModelConfig, *,
+                       num_problems: int, max_new_tokens: int):
+    """(params) -> {"accuracy": share of greedy answers the math_eval grader accepts}."""
+    vocab = tokenizer.load_vocabulary(vocab_path)
+    sp = vocab.tokenizer
+    with open(problems_path) as f:
+        problems = [json.loads(line) for line in f][:num_problems]
+    bos = [sp.bos_id()] if sp.bos_id() >= 0 else []
+    prompts = [bos + sp.encode(f"Question: {p['question']}\nAnswer:") for p in problems]
+    eos = sp.eos_id() if sp.eos_id() >= 0 else None
+
+    def hook(params):
+        outputs = greedy_generate(params, model, prompts, max_new_tokens=max_new_tokens, eos_id=eos)
+        correct = [grader.is_equiv(grader.extract_answer(sp.decode(out)), p["answer"])
+                   for out, p in zip(outputs, problems)]
+        return {"accuracy": float(np.mean(correct))}
+    return hook
+
+
+def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> float | None:
+    """First token count at which a loss curve reaches `target` (linear interpolation)."""
+    prev_t, prev_l = 0.0, None
+    for t, l in zip(tokens, losses):
+        if l <= target:
+            if prev_l is None or prev_l == l:
+                return t
+            return prev_t + (t - prev_t) * (prev_l - target) / (prev_l - l)
+        prev_t, prev_l = t, l
+    return None
+
+
+def read_curve(run_dir: str, tokens_per_step: int) -> dict[str, list[float]]:
+    with open(os.path.join(run_dir, "eval.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    rows = list({r["step"]: r for r in rows}.values())  # a resumed run may repeat a step
+    return {"tokens": [r["step"] * tokens_per_step for r in rows],
+            "loss": [r["eval_loss"] for r in rows],
+            "accuracy": [r.get("eval_accuracy", float("nan")) for r in rows]}
+
+
+def plot_curves(curves: dict, path: str, ratio: float):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, style in [("clm", dict(color="tab:gray", label="CLM (all tokens)")),
+                        ("slm", dict(color="tab:blue", label=f"SLM (top {ratio:.0%})"))]:
+        c = curves[name]
+        ax_loss.plot(c["tokens"], c["loss"], marker="o", **style)
+        ax_acc.plot(c["tokens"], c["accuracy"], marker="o", **style)
+    ax_loss.set(xlabel="web tokens seen", ylabel="held-out clean loss", title="Held-out loss")
+    ax_acc.set(xlabel="web tokens seen", ylabel="exact-match accuracy",
+               title="Greedy answers to held-out problems")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarize(curves: dict, ratio: float) -> tuple[str, dict]:
+    clm, slm = curves["clm"], curves["slm"]
+    reach = tokens_to_reach(slm["tokens"], slm["loss"], clm["loss"][-1])
+    speedup = clm["tokens"][-1] / reach if reach else None
+    lines = [f"SLM (top {ratio:.0%} by excess loss) vs CLM, same base model, same web tokens",
+             "", "| web tokens seen | CLM loss | SLM loss | CLM accuracy | SLM accuracy |",
+             "|---|---|---|---|---|"]
+    for i, t in enumerate(clm["tokens"]):
+        lines.append(f"| {t:,} | {clm['loss'][i]:.4f} | {slm['loss'][i]:.4f} | "
+                     f"{clm['accuracy'][i]:.1%} | {slm['accuracy'][i]:.1%} |")
+    lines.append("")
+    lines.append(f"Reference model: {curves['reference_loss']:.4f} held-out loss.")
+    if reach:
+        lines.append(f"SLM reaches CLM's final loss ({clm['loss'][-1]:.4f}) after {reach:,.0f} "
+                     f"tokens: {speedup:.2f}x fewer than CLM's {clm['tokens'][-1]:,}.")
+    else:
+        lines.append(f"SLM does not reach CLM's final loss ({clm['loss'][-1]:.4f}) within "
+                     f"{slm['tokens'][-1]:,} tokens.")
+    return "\n".join(lines), {"tokens_to_reach_clm_final_loss": reach, "speedup": speedup}
+
+
+@gin.configurable
+def experiment(work_dir: str = "runs/experiment", *,
+               base_steps: int = 60,
+               reference_steps: int = 150,
+               student_steps: int = 240,
+               ratio: float = 0.6,
+               eval_every: int = 40,
+               eval_problems: int = 64,
+               max_new_tokens: int = 96,
+               vocab_size: int = 2048,
+               corpus_seed: int = 0) -> dict:
+    """Runs base -> reference -> scoring -> SLM and CLM students; returns the summary."""
+    SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
+    corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
+    web, clean = data_on(corpus.web_tfrecord), data_on(corpus.clean_tfrecord)
+    # The students see a different slice of the web stream than the base did.
+    student_web = data_on(corpus.web_tfrecord, seed=web.seed + 1)
+    eval_data = data_on(corpus.eval_tfrecord, shuffle=False)
+    model = model_lib.ModelConfig()
+    path = lambda *p: os.path.join(work_dir, *p)
+
+    train_lib.train(run_dir=path("base"), data=web, num_steps=base_steps,
+                    selection=SelectionConfig(mode="clm"))
+    reference = train_lib.train(run_dir=path("reference"), data=clean, num_steps=reference_steps,
+                                selection=SelectionConfig(mode="clm"), eval_data=eval_data,
+                                init_checkpoint=path("base", "checkpoints"))
+    if not os.path.exists(path("scored", "index.json")):
+        scoring.score(path("scored"), data=student_web, model=model, num_batches=student_steps,
+                      reference=ReferenceConfig(checkpoint=path("reference", "checkpoints"),
+                                                model=model, dtype="float32"))
+    hook = make_accuracy_hook(corpus.eval_problems, student_web.vocab_path, model,
+                              num_problems=eval_problems, max_new_tokens=max_new_tokens)
+    for name, selection in [("slm", SelectionConfig(mode="slm_offline", ratio=ratio)),
+                            ("clm", SelectionConfig(mode="clm"))]:
+        train_lib.train(run_dir=path(name), data=student_web, num_steps=student_steps,
+                        selection=selection, scored_data=path("scored"),
+                        init_checkpoint=path("base", "checkpoints"), eval_data=eval_data,
+                        eval_every=eval_every, evals=[hook])
+
+    tokens_per_step = student_web.global_batch_size * student_web.seq_len
+    curves = {name: read_curve(path(name), tokens_per_step) for name in ("slm", "clm")}
+    curves["reference_loss"] = reference["eval_loss"]
+    plot_curves(curves, path("curves.png"), ratio)
+    table, summary = summarize(curves, ratio)
+    print(table)
+    with open(path("results.md"), "w") as f:
+        f.write(table + "\n\n![curves](curves.png)\n")
+    with open(path("results.json"), "w") as f:
+        json.dump({**summary, "curves": curves}, f, indent=1)
+    return summary

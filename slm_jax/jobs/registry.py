@@ -1,0 +1,31 @@
+"""The jobs a gin file can choose with `run.job`, and the import of every configurable."""
+
+from __future__ import annotations
+
+import gin
+
+from slm_jax.data import pipeline  # noqa: F401  (DataConfig)
+from slm_jax.jobs import analyze, demo, experiment, math_eval, score, step_benchmark, train
+from slm_jax.jobs import train_hooks  # noqa: F401  (HeldOutLossEval)
+from slm_jax.model import config  # noqa: F401  (ModelConfig)
+from slm_jax.parallel import checkpoint, distributed, sharding  # noqa: F401  (their configs)
+from slm_jax.slm import optim, reference, selection  # noqa: F401  (their configs)
+
+JOBS = {
+    "train": train.train,   # SLM step 1 (mode clm on clean data) and step 3 (mode slm)
+    "score": score.score,   # SLM step 2 offline: reference losses stored per token
+    "demo": demo.demo,      # the three steps end to end on the embedded corpus
+    "experiment": experiment.experiment,  # SLM vs CLM curves in miniature (Figure 1)
+    "bench": step_benchmark.bench,  # step time, MFU and SLM/CLM ratios (JSON lines)
+    "analyze": analyze.analyze,  # Rho-1 §2.1, Fig. 2
+    "eval": math_eval.math_eval,  # few-shot GSM8K/MATH accuracy of a checkpoint
+}
+
+
+@gin.configurable
+def run(job: str = "demo"):
+    """Runs the job named by `run.job`."""
+    if job not in JOBS:
+        raise ValueError(f"run.job={job!r} is not a job; choose one of {sorted(JOBS)} "
+                         "with --gin.run.job=train")
+    return JOBS[job]()

@@ -1,0 +1,250 @@
+"""Step benchmark: CLM, SLM-online and SLM-offline in one process, as JSON lines.
+
+    python -m slm_jax.bench --gin_file=gin/bench/cpu_small.gin
+    (or any gin file with --gin.run.job=bench)
+
+Each mode runs its warm-up steps, then the timed steps of all modes run in turn
+(one step of each mode per round) on synthetic packed batches (the data pipeline
+is not timed). One JSON object per mode: step_s (median),
+tokens_per_s, model FLOPs per token, achieved FLOP/s, mfu, peak_mem_bytes,
+select_share (time of the token selection alone / step time) and the ratio
+to the CLM step. Then one line per selection method (`mode` "select") timing
+the selection alone over `select_tokens` positions (default 1M, Rho-1's
+batch), with whether its mask equals the default method's.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from slm_jax import model as model_lib
+from slm_jax.data import BATCH_KEYS
+from slm_jax.parallel import partition, sharding
+from slm_jax.parallel.runtime import Runtime
+from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.slm.selection import METHODS, SelectionConfig, select_tokens
+from slm_jax.slm.train_step import make_train_step
+
+# Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s).
+SPEC_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
+                   "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v6 lite": 918e12}
+
+
+def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token of one model: 6N for the matmul params plus
+    causal attention (QK^T and AV, 2 matmuls, half the positions masked)."""
+    n = model_lib.count_params(config)
+    if not config.tie_embeddings:
+        n -= config.vocab_size * config.d_model  # the input embedding is a gather, not a matmul
+    attn = 2 * 2 * config.n_layers * config.n_heads * config.resolved_head_dim * seq_len / 2
+    return 6 * n + 3 * attn
+
+
+def forward_flops_per_token(config, seq_len) -> float:
+    return flops_per_token(config, seq_len) / 3
+
+
+def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
+    """Packed rows of 4 documents each, all positions weighted."""
+    rng = np.random.default_rng(seed)
+    doc = seq_len // 4
+    return {
+        "inputs": rng.integers(3, vocab, (batch, seq_len)).astype(np.int32),
+        "targets": rng.integers(3, vocab, (batch, seq_len)).astype(np.int32),
+        "loss_weights": np.ones((batch, seq_len), np.float32),
+        "segment_ids": np.repeat(np.arange(1, 5, dtype=np.int32), doc)[None].repeat(batch, 0),
+        "positions": np.tile(np.arange(doc, dtype=np.int32), 4)[None].repeat(batch, 0),
+        "ref_loss": rng.random((batch, seq_len)).astype(np.float32) * 5,
+    }
+
+
+def measured_matmul_peak(dtype="float32", n=2048, reps=5) -> float:
+    """FLOP/s of a square matmul through XLA: the CPU's practical peak."""
+    x = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(x).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times)
+
+
+def device_peak() -> tuple[float, str]:
+    kind = jax.devices()[0].device_kind
+    if jax.default_backend() == "cpu":
+        return measured_matmul_peak(), "measured fp32 matmul (2048^3, XLA)"
+    for name, peak in SPEC_PEAK_FLOPS.items():
+        if name.lower() in kind.lower():
+            return peak * jax.device_count(), f"spec bf16 dense peak of {kind}"
+    return measured_matmul_peak("bfloat16", 8192), f"measured bf16 matmul on {kind}"
+
+
+def peak_memory_bytes() -> int:
+    if jax.default_backend() == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("peak_bytes_in_use", 0))
+
+
+def time_fn(fn, n_warmup: int, n_steps: int) -> list[float]:
+    for _ in range(n_warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(n_steps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return times
+
+
+MODES = {"clm": "clm", "slm_online": "slm", "slm_offline": "slm_offline"}
+
+
+def _build_steps(model, reference_forward, modes, ratio, tx, schedule, runtime, host_batch,
+                 grad_accum, loss_chunk_size, state_sh):
+    """{mode: (jitted step, reference params or None, device batch, SelectionConfig)}."""
+    param_sh = runtime.param_shardings(model)
+    # A random reference in its forward dtype: the bench times, it does not learn.
+    ref_params = runtime.cast(jax.jit(lambda r: model_lib.init_params(model, r),
+                                      out_shardings=param_sh)(jax.random.key(1)),
+                              reference_forward.dtype, param_sh)
+    steps = {}
+    for mode in modes:
+        selection = SelectionConfig(mode=MODES[mode], ratio=1.0 if mode == "clm" else ratio)
+        keys = BATCH_KEYS + (("ref_loss",) if mode == "slm_offline" else ())
+        batch = jax.device_put({k: host_batch[k] for k in keys},
+                               partition.batch_shardings(runtime.mesh, keys))
+        online = mode == "slm_online"
+        step = partition.jit_train_step(
+            make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
+                            loss_chunk_size=loss_chunk_size,
+                            reference_model_config=reference_forward),
+            state_sh, param_sh if online else None, runtime.mesh, batch_keys=keys)
+        steps[mode] = (step, ref_params if online else None, batch, selection)
+    return steps
+
+
+def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps):
+    """({mode: step times}, {mode: peak memory after its warm-up}).
+
+    One train state goes through every mode's step in turn (same structure), so
+    interleaving costs no memory; the timed steps round-robin over the modes, so drift
+    of a shared machine's speed hits every mode alike instead of whichever ran last.
+    """
+    holder = [state]
+
+    def one_step(mode):
+        step, ref, batch, _ = steps[mode]
+        holder[0], metrics = step(holder[0], ref, batch)
+        return metrics
+    # Peak memory as of each mode's warm-up (process-wide peaks only grow; CLM first).
+    peak_mem = {}
+    for mode in modes:
+        time_fn(lambda: one_step(mode), warmup_steps, 0)
+        peak_mem[mode] = peak_memory_bytes()
+    step_times = {mode: [] for mode in modes}
+    for _ in range(timed_steps):
+        for mode in modes:
+            step_times[mode] += time_fn(lambda: one_step(mode), 0, 1)
+    return step_times, peak_mem
+
+
+def _selection_seconds(runtime, batch, selection, ratio, warmup_steps, timed_steps) -> float:
+    select = jax.jit(lambda e, w: select_tokens(e, w, ratio, "batch", selection.method),
+                     in_shardings=(runtime.batch_sharding(),) * 2)
+    excess, weights = batch.get("ref_loss", batch["loss_weights"]), batch["loss_weights"]
+    return statistics.median(time_fn(lambda: select(excess, weights), warmup_steps, timed_steps))
+
+
+@gin.configurable
+def bench(model: model_lib.ModelConfig | None = None, *,
+          batch_size: int = 8, seq_len: int = 512, ratio: float = 0.6,
+          modes=("clm", "slm_online", "slm_offline"), warmup_steps: int = 2,
+          timed_steps: int = 10, grad_accum: int = 1, loss_chunk_size: int = 1024,
+          reference: ReferenceConfig | None = None, mesh: sharding.MeshConfig | None = None,
+          select_tokens_count: int = 1 << 20, select_methods=METHODS) -> list[dict]:
+    """Times CLM, SLM-online (reference forward in `ReferenceConfig.dtype`) and SLM-offline
+    steps and prints one JSON line per mode, then one per selection method."""
+    model = model or model_lib.ModelConfig()
+    reference_forward = (reference or ReferenceConfig()).forward_config(model)
+    runtime = Runtime.from_config(mesh)
+    tx, schedule = make_optimizer(OptimizerConfig(), 1000)
+    state_sh = runtime.state_shardings(model, tx)
+    peak, peak_source = device_peak()
+    tokens = batch_size * seq_len
+    results = []
+    with runtime.activate():
+        steps = _build_steps(model, reference_forward, modes, ratio, tx, schedule, runtime,
+                             synthetic_batch(batch_size, seq_len, model.vocab_size), grad_accum,
+                             loss_chunk_size, state_sh)
+        step_times, peak_mem = _interleaved_step_times(
+            steps, partition.init_state(model, tx, jax.random.key(0), state_sh), modes,
+            warmup_steps, timed_steps)
+        for mode in modes:
+            step_s = statistics.median(step_times[mode])
+            _, _, batch, selection = steps[mode]
+            flops = flops_per_token(model, seq_len) + (
+                forward_flops_per_token(model, seq_len) if mode == "slm_online" else 0.0)
+            select_s = 0.0 if mode == "clm" else _selection_seconds(
+                runtime, batch, selection, ratio, warmup_steps, timed_steps)
+            results.append({
+                "mode": mode, "step_s": step_s, "tokens_per_s": tokens / step_s,
+                "model_flops_per_token": flops, "achieved_flops": flops * tokens / step_s,
+                "mfu": flops * tokens / step_s / peak, "peak_flops": peak,
+                "peak_source": peak_source, "peak_mem_bytes": peak_mem[mode],
+                "select_share": select_s / step_s, "batch_tokens": tokens,
+                "step_times_s": [round(t, 4) for t in step_times[mode]],
+                "reference_dtype": reference_forward.dtype,
+                "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
+            })
+    clm = next((r for r in results if r["mode"] == "clm"), None)
+    for r in results:
+        if clm is not None:
+            r["ratio_to_clm"] = r["step_s"] / clm["step_s"]
+        print(json.dumps(r), flush=True)
+    if select_tokens_count:
+        with runtime.activate():
+            for r in selection_benchmark(runtime.mesh, select_tokens_count, ratio,
+                                         select_methods, warmup_steps, timed_steps):
+                print(json.dumps(r), flush=True)
+                results.append(r)
+    return results
+
+
+def selection_benchmark(dev_mesh, num_tokens: int, ratio: float, methods,
+                        warmup_steps: int, timed_steps: int) -> list[dict]:
+    """Selection alone over a [num_tokens / 2048, 2048] batch sharded like training."""
+    seq_len = min(2048, num_tokens)
+    dp = sharding.data_parallel_size(dev_mesh)
+    rows = -(-max(1, num_tokens // seq_len) // dp) * dp  # whole rows per data shard
+    rng = np.random.default_rng(0)
+    batch_sh = sharding.batch_sharding(dev_mesh)
+    # Losses rounded to bf16, as stored by `score`: many exact ties.
+    excess = jax.device_put(rng.normal(size=(rows, seq_len)).astype(jnp.bfloat16)
+                            .astype(np.float32), batch_sh)
+    weights = jax.device_put((rng.random((rows, seq_len)) > 0.05).astype(np.float32), batch_sh)
+    default_mask, results = None, []
+    for method in methods:
+        select = jax.jit(lambda e, w, method=method: select_tokens(e, w, ratio, "batch", method),
+                         in_shardings=(batch_sh,) * 2)
+        mask = np.asarray(select(excess, weights))
+        default_mask = mask if default_mask is None else default_mask
+        select_s = statistics.median(time_fn(lambda: select(excess, weights),
+                                             warmup_steps, timed_steps))
+        results.append({"mode": "select", "method": method, "select_tokens": rows * seq_len,
+                        "select_s": select_s, "tokens_per_s": rows * seq_len / select_s,
+                        "selected": int(mask.sum()),
+                        f"same_mask_as_{methods[0]}": bool((mask == default_mask).all()),
+                        "num_devices": jax.device_count()})
+    return results

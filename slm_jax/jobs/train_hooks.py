@@ -1,0 +1,144 @@
+"""The pieces the train loop calls beside the step: evaluation hooks, the non-finite
+guard, the preemption watcher (SIGTERM and multi-host preemption notices) and the data
+loader's skipped-document count.
+
+An eval hook is anything with `make_hook(context) -> fn(params) -> dict of metrics`; the
+trainer logs the dicts under `eval_` every `train.eval_every` steps and at the end.
+`HeldOutLossEval` (`train.eval_data`) and `FewShotEvalConfig` (`train.few_shot_eval`,
+slm_jax/jobs/math_eval.py) are two; `train.evals` takes a list of any.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+
+import gin
+import jax
+import numpy as np
+
+from slm_jax import model as model_lib
+from slm_jax.data import iterator
+from slm_jax.slm.train_step import make_eval_step
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """What an eval hook may use to build itself."""
+
+    model: model_lib.ModelConfig
+    data: object        # the training DataConfig (its tokenizer, its batch size)
+    runtime: object     # slm_jax.parallel.runtime.Runtime
+    loss_chunk_size: int = 1024
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class HeldOutLossEval:
+    """Token-weighted mean loss over the first `num_batches` batches of held-out `data`."""
+
+    data: object = None   # a DataConfig of held-out files
+    num_batches: int = 8
+
+    def make_hook(self, context: EvalContext) -> Callable[[object], dict]:
+        eval_fn = context.runtime.jit_eval(make_eval_step(context.model, context.loss_chunk_size),
+                                           context.model)
+
+        def hook(params) -> dict:
+            batches = iterator.global_batches(self.data, context.runtime.mesh,
+                                              context.runtime.batch_sharding(), repeat=False)
+            loss_sum, weight_sum = 0.0, 0.0
+            for batch in itertools.islice(batches, self.num_batches):
+                s, w = jax.device_get(eval_fn(params, batch))
+                loss_sum, weight_sum = loss_sum + float(s), weight_sum + float(w)
+            return {"loss": loss_sum / max(weight_sum, 1.0)}
+        return hook
+
+
+class Evaluator:
+    """Runs every eval hook on the params and merges their metrics."""
+
+    def __init__(self, hooks: Sequence, context: EvalContext, every: int):
+        self._hooks = [h.make_hook(context) if hasattr(h, "make_hook") else h for h in hooks]
+        self.every = every
+
+    def __bool__(self) -> bool:
+        return bool(self._hooks)
+
+    def due(self, step: int, num_steps: int) -> bool:
+        """Mid-run evals; the final one runs after the loop."""
+        return bool(self._hooks) and self.every > 0 and step % self.every == 0 and step < num_steps
+
+    def __call__(self, params) -> dict:
+        metrics = {}
+        for hook in self._hooks:
+            metrics.update(hook(params))
+        return metrics
+
+
+class NonFiniteError(ValueError):
+    pass
+
+
+def check_finite(metrics, step: int, on_nonfinite: str) -> None:
+    """The step never applies a non-finite update; "stop" also ends the run here."""
+    if on_nonfinite == "stop" and float(jax.device_get(metrics["skipped"])) > 0:
+        raise NonFiniteError(
+            f"non-finite loss or gradient at step {step} (loss="
+            f"{float(jax.device_get(metrics['loss']))}); the update was not applied and no "
+            "checkpoint was written after it. Lower OptimizerConfig.learning_rate, check the "
+            "data, or set --gin.train.on_nonfinite=skip to skip such updates.")
+
+
+class PreemptionWatcher:
+    """SIGTERM (TPU maintenance, spot reclaim) -> finish the step, checkpoint, exit 0.
+
+    Multi-host runs leave SIGTERM to JAX's preemption service (installed by
+    jax.distributed.initialize) and ask orbax whether it has seen a preemption
+    on any host, so every host stops at the same step; a Python handler here
+    would replace JAX's and let one host stop alone.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._multi_process = jax.process_count() > 1
+        if not self._multi_process and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame):
+        self.requested = True
+
+    def reached(self, checkpointer, step: int) -> bool:
+        if self._multi_process:
+            return checkpointer.reached_preemption(step)
+        return self.requested
+
+    def close(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class SkippedDocuments:
+    """Adds `data_skipped_docs` (empty or non-UTF-8 documents dropped so far, all hosts) to
+    logged metrics, with a warning each time the count grows."""
+
+    def __init__(self, batches):
+        self._batches, self._reported = batches, 0
+
+    def add_to(self, metrics: dict) -> dict:
+        count = getattr(self._batches, "skipped_documents", None)
+        if count is not None and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            count = int(multihost_utils.process_allgather(np.int64(count)).sum())
+        if not count:
+            return metrics
+        if count > self._reported:
+            logging.warning("skipped %d empty or non-UTF-8 documents so far "
+                            "(data_skipped_docs in metrics.jsonl)", count)
+            self._reported = count
+        return {**metrics, "data_skipped_docs": count}

@@ -1,0 +1,155 @@
+"""Orbax checkpoints: async saves every N steps, keep the last K, resume.
+
+A checkpoint holds four items: `params`, `opt_state`, `meta` (JSON: step and what
+produced it) and `data_state` (JSON: the data iterator's positions, so a resumed run
+continues with the very batch it would have seen). One orbax save commits them together,
+and `keep` and cleanup apply to all of them alike. Keeping params separate lets an SLM run
+restore the reference model's params alone, read-only, from another run's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from slm_jax.slm.train_step import TrainState
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 1000    # also saved at the end of the run
+    keep: int = 3              # the last K are kept
+    async_save: bool = True
+
+
+def _abstract_with_shardings(shardings, abstract_tree):
+    return jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shardings, abstract_tree)
+
+
+ITEMS = ("params", "opt_state", "meta", "data_state")
+
+
+class Checkpointer:
+    """Saves and restores TrainState under `<run_dir>/checkpoints`."""
+
+    def __init__(self, directory: str, config: CheckpointConfig = CheckpointConfig()):
+        self.directory = os.path.abspath(directory)
+        self.config = config
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=config.keep,
+                enable_async_checkpointing=config.async_save),
+            item_names=ITEMS)
+
+    def due(self, step: int) -> bool:
+        return step % self.config.every_steps == 0
+
+    def reached_preemption(self, step: int) -> bool:
+        return self._manager.reached_preemption(step)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, state: TrainState, *, force: bool = False, meta: dict | None = None,
+             data_state: dict | None = None) -> bool:
+        """Saves `state` (and the data iterator's `data_state`) as one checkpoint."""
+        step = int(jax.device_get(state.step))
+        # Orbax would also save the first step it sees; the interval is kept here.
+        if step == self.latest_step() or not (force or step % self.config.every_steps == 0):
+            return False
+        items = {"params": ocp.args.StandardSave(state.params),
+                 "opt_state": ocp.args.StandardSave(state.opt_state),
+                 "meta": ocp.args.JsonSave({"step": step, **(meta or {})})}
+        if data_state is not None:
+            items["data_state"] = ocp.args.JsonSave(data_state)
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def restore_data_state(self, step: int) -> dict | None:
+        """The data iterator's state saved with `step`, or None for a checkpoint without one."""
+        if not (epath.Path(self.step_dir(step)) / "data_state").exists():
+            return None
+        return self._manager.restore(step, args=ocp.args.Composite(
+            data_state=ocp.args.JsonRestore())).data_state
+
+    def restore(self, abstract_state: TrainState, shardings: TrainState,
+                step: int | None = None) -> TrainState:
+        step = self.latest_step() if step is None else step
+        target = _abstract_with_shardings(shardings, abstract_state)
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(target.params),
+            opt_state=ocp.args.StandardRestore(target.opt_state),
+            meta=ocp.args.JsonRestore()))
+        return TrainState(step=jax.device_put(jax.numpy.int32(restored.meta["step"]), shardings.step),
+                           params=restored.params, opt_state=restored.opt_state)
+
+    def close(self):
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _shape_mismatch(params_dir: str, abstract_params) -> str | None:
+    """How the params saved in `params_dir` differ from `abstract_params`, in a few words."""
+    try:
+        saved = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    except Exception:  # noqa: BLE001  (only for the error message)
+        return None
+
+    def flat(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(getattr(tree, "tree", tree))[0]
+        return {jax.tree_util.keystr(k): tuple(v.shape) for k, v in leaves}
+    saved, wanted = flat(saved), flat(abstract_params)
+    diffs = [f"{k} is {saved[k]} on disk but {wanted[k]} in the model"
+             for k in sorted(saved.keys() & wanted.keys()) if saved[k] != wanted[k]]
+    missing, extra = sorted(wanted.keys() - saved.keys()), sorted(saved.keys() - wanted.keys())
+    if missing:
+        diffs.append(f"{len(missing)} params missing on disk (e.g. {missing[0]})")
+    if extra:
+        diffs.append(f"{len(extra)} params on disk not in the model (e.g. {extra[0]})")
+    return "; ".join(diffs[:2]) or None
+
+
+def restore_params(path: str, abstract_params, shardings, *, binding: str):
+    """Params of the latest checkpoint under `path`, read-only (e.g. the reference model).
+
+    `path` is a run's checkpoint directory (holding numbered steps) or one
+    step's directory. Errors name `binding`, the gin setting that gave `path`.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"{binding}={path!r} does not exist; point it at a checkpoint "
+                         "directory written by a `train` run (<run_dir>/checkpoints).")
+    manager_dir, step = path, None
+    base = os.path.basename(path.rstrip("/"))
+    if base.isdigit() and os.path.isdir(os.path.join(path, "params")):
+        manager_dir, step = os.path.dirname(path), int(base)
+    manager = ocp.CheckpointManager(manager_dir, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False), item_names=ITEMS)
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise ValueError(f"{binding}={path!r} holds no checkpoint; point it at the "
+                             "checkpoints/ directory of a finished `train` run.")
+        target = _abstract_with_shardings(shardings, abstract_params)
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(target)))
+        except (ValueError, KeyError) as e:
+            detail = (_shape_mismatch(os.path.join(manager_dir, str(step), "params"),
+                                      abstract_params) or str(e).splitlines()[0][:300])
+            raise ValueError(f"{binding}={path!r} (step {step}) does not match the model "
+                             f"config: {detail}; use a checkpoint of the same ModelConfig "
+                             "(or set the ModelConfig it was trained with).") from e
+        return restored.params
+    finally:
+        manager.close()

@@ -1,0 +1,138 @@
+"""Device mesh and logical-axis rules.
+
+The model names every param and activation axis logically ("embed", "mlp",
+"activation_batch", ...). One rule table maps those names onto the mesh axes
+(data, fsdp, tensor): batch over data+fsdp, params FSDP-sharded over fsdp and
+split over tensor where the model has a heads/mlp/vocab axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+DEFAULT_RULES = (
+    # activations
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_kv_heads", "tensor"),
+    ("activation_head_dim", None),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+    # params
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("q_heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh shape (data, fsdp, tensor); one size may be -1 for "the rest"."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple = DEFAULT_RULES
+
+    def shape(self, num_devices: int) -> tuple[int, int, int]:
+        sizes = [self.data, self.fsdp, self.tensor]
+        flag = "--gin.MeshConfig.{}".format
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ValueError(
+                f"MeshConfig (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
+                f"needs positive sizes with at most one -1; fix {flag('data')} etc.")
+        known = int(np.prod([s for s in sizes if s != -1]))
+        if -1 in sizes:
+            if num_devices % known:
+                raise ValueError(
+                    f"MeshConfig (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
+                    f"does not divide the {num_devices} devices: the fixed axes need a "
+                    f"multiple of {known}; change {flag('fsdp')} or {flag('tensor')}.")
+            sizes[sizes.index(-1)] = num_devices // known
+        if int(np.prod(sizes)) != num_devices:
+            raise ValueError(
+                f"MeshConfig (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
+                f"uses {int(np.prod(sizes))} devices but {num_devices} are available; set "
+                f"one axis to -1 (e.g. {flag('data')}=-1) or make the product {num_devices}.")
+        return tuple(sizes)
+
+
+def make_mesh(config: MeshConfig, devices=None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all, every host)."""
+    devices = jax.devices() if devices is None else list(devices)
+    # Auto axes: XLA's sharding propagation places what the rules leave open.
+    return jax.make_mesh(config.shape(len(devices)), MESH_AXES,
+                         axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """Devices the batch is split over (a mesh without a batch axis counts it as 1)."""
+    return int(np.prod([mesh.shape[a] for a in BATCH_AXES if a in mesh.shape]))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis over data+fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def _mesh_axes_for(logical_spec: P, shape, mesh: Mesh, rules) -> P:
+    """Logical spec -> mesh spec; a dim the mesh axes don't divide stays replicated."""
+    rule_map = dict(rules)
+    used, out = set(), []
+    for dim, name in zip(shape, tuple(logical_spec) + (None,) * (len(shape) - len(logical_spec))):
+        axes = rule_map.get(name) if name is not None else None
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if axes and dim % size:
+            logging.warning("axis %r of size %d is not divisible by mesh axes %s (%d); "
+                            "keeping it replicated", name, dim, axes, size)
+            axes = ()
+        used.update(axes)
+        out.append(axes[0] if len(axes) == 1 else (axes or None))
+    return P(*out)
+
+
+def logical_to_shardings(logical_specs, abstract_tree, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a tree, from its logical PartitionSpecs and shapes."""
+    return jax.tree.map(
+        lambda spec, x: NamedSharding(mesh, _mesh_axes_for(spec, x.shape, mesh, rules)),
+        logical_specs, abstract_tree,
+        is_leaf=lambda s: isinstance(s, P))
+
+
+def param_shardings(model_config, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings of a model's params, from their logical axis names."""
+    from slm_jax import model as model_lib
+    return logical_to_shardings(model_lib.logical_param_specs(model_config),
+                                model_lib.abstract_params(model_config), mesh, rules)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules=DEFAULT_RULES):
+    """Context in which the model's logical activation constraints apply."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

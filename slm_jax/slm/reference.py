@@ -1,0 +1,68 @@
+"""The reference model of SLM: one gin binding for every job that runs it.
+
+    ReferenceConfig.checkpoint = 'runs/ref/checkpoints'   # a reference `train` run
+    ReferenceConfig.dtype = 'bfloat16'                     # its forward's compute dtype
+    ReferenceConfig.model = @reference/ModelConfig()       # only when it differs from the student
+
+`train` (mode slm), `score`, `analyze` and `bench` read it; `load_reference` restores and
+casts its params once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+from slm_jax import model as model_lib
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+    """The frozen reference model: its checkpoint, architecture and forward dtype."""
+
+    checkpoint: str | None = None          # checkpoints/ of a reference run (or one step's dir)
+    model: model_lib.ModelConfig | None = None   # None: the student's ModelConfig
+    dtype: str = "bfloat16"                # params cast to it; matmuls and activations run in it
+
+    def model_config(self, student: model_lib.ModelConfig) -> model_lib.ModelConfig:
+        return self.model or student
+
+    def forward_config(self, student: model_lib.ModelConfig) -> model_lib.ModelConfig:
+        """The reference's ModelConfig computing in `dtype` (norms, softmax and loss stay fp32)."""
+        return model_lib.computing_in(self.model_config(student), self.dtype,
+                                      "ReferenceConfig.dtype")
+
+    def check_compatible(self, student: model_lib.ModelConfig) -> None:
+        """Excess loss compares the two models token by token: one vocabulary."""
+        reference = self.model_config(student)
+        if reference.vocab_size != student.vocab_size:
+            raise ValueError(
+                f"reference vocab_size {reference.vocab_size} != student vocab_size "
+                f"{student.vocab_size}; excess loss compares the two per token, so both need "
+                "the same tokenizer: train the reference with the student's vocabulary (or set "
+                "ReferenceConfig.model's vocab_size to match).")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedReference:
+    params: object           # cast to ReferenceConfig.dtype, sharded like the model's params
+    shardings: object
+    forward: model_lib.ModelConfig   # the config its forward runs with
+
+
+def load_reference(config: ReferenceConfig, student: model_lib.ModelConfig,
+                   runtime) -> LoadedReference:
+    """Restores the reference's params into their shards, cast to `config.dtype`."""
+    if not config.checkpoint:
+        raise ValueError("the reference model's checkpoint is not set: set "
+                         "ReferenceConfig.checkpoint to the checkpoints/ directory of a "
+                         "reference `train` run.")
+    config.check_compatible(student)
+    forward = config.forward_config(student)
+    model = config.model_config(student)
+    params = runtime.restore_params(config.checkpoint, model, binding="ReferenceConfig.checkpoint",
+                                    dtype=config.dtype)
+    return LoadedReference(params=params, shardings=runtime.param_shardings(model),
+                           forward=forward)

@@ -1,0 +1,167 @@
+"""The one jitted SLM step: reference forward, student forward+backward,
+excess loss, top-k mask and the optax update, all in one XLA program.
+
+    ref_loss_BT     = reference(batch)                 (frozen; skipped in "clm";
+                                                        read from batch["ref_loss"]
+                                                        in "slm_offline")
+    loss_BT         = student(batch)
+    excess_BT       = loss_BT - ref_loss_BT
+    mask_BT         = select_tokens(excess_BT, weights_BT, ratio, scope)
+    objective       = sum(mask_BT * loss_BT) / max(sum(mask_BT), 1)
+
+With gradient accumulation the batch is split into micro-batches; each
+micro-batch ranks its own tokens (selection is per micro-batch) and the
+gradient is the sum of per-micro-batch sums divided by the total number of
+selected tokens, so the objective is still a mean over selected tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from slm_jax.slm import losses
+from slm_jax import model as model_lib
+from slm_jax.slm.selection import SelectionConfig, select_tokens
+
+Batch = dict[str, jax.Array]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def init_train_state(model_config, tx, rng) -> TrainState:
+    params = model_lib.init_params(model_config, rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def make_loss_fn(model_config, loss_chunk_size: int) -> Callable:
+    """(params, batch) -> per-token loss [B, T] in float32."""
+    decoder = model_lib.Decoder(model_config)
+
+    def loss_fn(params, batch: Batch):
+        hidden_BTD = decoder.apply({"params": params}, batch["inputs"],
+                                   batch["positions"], batch["segment_ids"])
+        return losses.per_token_loss(hidden_BTD, model_lib.unembedding(params, model_config),
+                                     batch["targets"], chunk_size=loss_chunk_size)
+    return loss_fn
+
+
+def _split_micro_batches(batch: Batch, grad_accum: int) -> Batch:
+    """[B, ...] -> [A, B/A, ...], micro-batch a = rows a, a+A, a+2A, ...
+
+    Strided rows keep every micro-batch spread over all data-parallel shards
+    (contiguous slices would live on a subset of the devices).
+    """
+    def split(x):
+        return jnp.swapaxes(x.reshape((x.shape[0] // grad_accum, grad_accum) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(model_config, selection: SelectionConfig, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, grad_accum: int = 1,
+                    loss_chunk_size: int = 1024, reference_model_config=None) -> Callable:
+    """Builds `step(state, ref_params, batch) -> (state, metrics)` (not yet jitted).
+
+    `ref_params` is ignored (may be None) in "clm" and "slm_offline" modes: no
+    reference forward runs; "slm_offline" batches carry "ref_loss" [B, T].
+    """
+    student_loss_fn = make_loss_fn(model_config, loss_chunk_size)
+    reference_loss_fn = make_loss_fn(reference_model_config or model_config, loss_chunk_size)
+    use_reference = selection.selects
+
+    def micro_step(params, ref_params, micro: Batch):
+        weights_BT = micro["loss_weights"].astype(jnp.float32)
+        if selection.mode == "slm":
+            ref_loss_BT = jax.lax.stop_gradient(reference_loss_fn(ref_params, micro))
+        elif selection.mode == "slm_offline":
+            ref_loss_BT = micro["ref_loss"].astype(jnp.float32)
+        else:
+            ref_loss_BT = jnp.zeros_like(weights_BT)
+
+        def objective(p):
+            loss_BT = student_loss_fn(p, micro)
+            if use_reference:
+                excess_BT = jax.lax.stop_gradient(loss_BT) - ref_loss_BT
+                mask_BT = select_tokens(excess_BT, weights_BT, selection.ratio, selection.scope,
+                                        selection.method)
+            else:
+                mask_BT = weights_BT
+            return (mask_BT * loss_BT).sum(), (loss_BT, mask_BT)
+
+        (selected_sum, (loss_BT, mask_BT)), grads = jax.value_and_grad(
+            objective, has_aux=True)(params)
+        sums = {
+            "loss": (weights_BT * loss_BT).sum(),
+            "selected_loss": selected_sum,
+            "ref_loss": (weights_BT * ref_loss_BT).sum(),
+            "excess": (weights_BT * (loss_BT - ref_loss_BT)).sum(),
+            "tokens": weights_BT.sum(),
+            "selected": mask_BT.sum(),
+        }
+        return grads, sums
+
+    def step(state: TrainState, ref_params, batch: Batch):
+        if grad_accum == 1:
+            grads, sums = micro_step(state.params, ref_params, batch)
+        else:
+            def body(carry, micro):
+                grads, sums = micro_step(state.params, ref_params, micro)
+                return jax.tree.map(jnp.add, carry, (grads, sums)), None
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                micro_step, state.params, ref_params,
+                jax.tree.map(lambda x: x[0], _split_micro_batches(batch, grad_accum))))
+            (grads, sums), _ = jax.lax.scan(body, zeros, _split_micro_batches(batch, grad_accum))
+
+        n_selected = jnp.maximum(sums["selected"], 1.0)
+        n_tokens = jnp.maximum(sums["tokens"], 1.0)
+        grads = jax.tree.map(lambda g: g / n_selected, grads)
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        # A NaN/Inf loss or gradient never reaches the params or the moments.
+        finite = jnp.isfinite(grad_norm) & jnp.isfinite(sums["selected_loss"])
+        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                                         (params, opt_state), (state.params, state.opt_state))
+        metrics = {
+            "loss": sums["loss"] / n_tokens,
+            "selected_loss": sums["selected_loss"] / n_selected,
+            "selected_frac": sums["selected"] / n_tokens,
+            "tokens": sums["tokens"],
+            "grad_norm": grad_norm,
+            "skipped": 1.0 - finite.astype(jnp.float32),
+            "lr": schedule(state.step),
+        }
+        if use_reference:
+            metrics["ref_loss"] = sums["ref_loss"] / n_tokens
+            metrics["excess_loss"] = sums["excess"] / n_tokens
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return step
+
+
+def make_score_step(model_config, loss_chunk_size: int = 1024) -> Callable:
+    """(params, batch) -> per-token loss [B, T], zero where loss_weights is 0."""
+    loss_fn = make_loss_fn(model_config, loss_chunk_size)
+
+    def score_step(params, batch: Batch):
+        return loss_fn(params, batch) * (batch["loss_weights"] > 0)
+    return score_step
+
+
+def make_eval_step(model_config, loss_chunk_size: int = 1024) -> Callable:
+    """(params, batch) -> (sum of weighted loss, sum of weights)."""
+    loss_fn = make_loss_fn(model_config, loss_chunk_size)
+
+    def eval_step(params, batch: Batch):
+        weights_BT = batch["loss_weights"].astype(jnp.float32)
+        return (weights_BT * loss_fn(params, batch)).sum(), weights_BT.sum()
+    return eval_step

@@ -1,0 +1,198 @@
+"""Bad input: one clear line naming what is wrong and the fix, exit code 2, run_dir untouched.
+
+Every case runs the real entry point (`slm_jax.main.main`, in process) against a run
+directory that already holds a checkpoint, asking for more steps than it has, and
+checks that the directory is byte-for-byte what it was. Empty and non-UTF-8
+documents are the exception: they are skipped and counted, not fatal.
+"""
+
+import hashlib
+import json
+import os
+import re
+
+import gin
+import pytest
+import tensorflow as tf
+
+from slm_jax.parallel import checkpoint as ckpt_lib
+from slm_jax import main as main_lib
+from slm_jax import model as model_lib
+from slm_jax.parallel import partition, sharding
+from slm_jax.data import pipeline, tokenizer
+from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from tests.tiny_corpus import tiny_corpus
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input")
+    paths, vocab = tiny_corpus(root, seed=5)
+    return root, paths.web_tfrecord, vocab
+
+
+def flags(corpus, run_dir, *extra):
+    _, pattern, vocab = corpus
+    return ["--gin_file=gin/models/tiny.gin", "--gin.run.job=train",
+            f"--gin.train.run_dir={run_dir}", "--gin.train.num_steps=4",
+            f"--gin.DataConfig.file_pattern={pattern}", f"--gin.DataConfig.vocab_path={vocab}",
+            "--gin.DataConfig.seq_len=64", "--gin.DataConfig.global_batch_size=8",
+            "--gin.train.log_every=1", "--gin.CheckpointConfig.every_steps=1", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus):
+    """A run directory with the checkpoint of step 2, and a checkpoint of another model shape."""
+    root = corpus[0]
+    gin.clear_config()
+    assert main_lib.main(flags(corpus, root / "run", "--gin.train.num_steps=2")) == 0
+    gin.clear_config()
+    other = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=1, n_heads=2,
+                                  n_kv_heads=1, mlp_dim=64, max_seq_len=64, dtype="float32")
+    tx, _ = make_optimizer(OptimizerConfig(), 1)
+    mesh = sharding.make_mesh(sharding.MeshConfig())
+    state_sh = partition.state_shardings(other, tx, mesh)
+    checkpointer = ckpt_lib.Checkpointer(str(root / "other" / "checkpoints"))
+    checkpointer.save(partition.init_state(other, tx, __import__("jax").random.key(0), state_sh),
+                      force=True)
+    checkpointer.close()
+    (root / "empty").mkdir()
+    (root / "not_spm.model").write_text("this is not a sentencepiece model\n")
+    (root / "a_file").write_text("x")
+    return root
+
+
+def snapshot(directory) -> dict:
+    """relative path -> sha256 of every file (and every directory, as None)."""
+    out = {}
+    for base, dirs, files in os.walk(directory):
+        for name in dirs:
+            out[os.path.relpath(os.path.join(base, name), directory)] = None
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+ROOT = "{root}"  # replaced by the module's tmp dir
+CASES = {
+    "unknown gin binding": (["--gin.nosuch.thing=1"], r"No configurable matching 'nosuch'"),
+    "unknown job": (["--gin.run.job=nosuchjob"], r"run.job=.nosuchjob. is not a job; choose one"),
+    "ratio 0": (["--gin.SelectionConfig.ratio=0"], r"SelectionConfig.ratio=0 must be in \(0, 1\]"),
+    "ratio above 1": (["--gin.SelectionConfig.ratio=1.5"],
+                      r"SelectionConfig.ratio=1.5 must be in \(0, 1\]"),
+    "unknown scope": (["--gin.SelectionConfig.scope=row"], r"SelectionConfig.scope='row' is not one of"),
+    "slm without a reference": (["--gin.SelectionConfig.mode=slm"],
+                                r"needs a reference model: set --gin.ReferenceConfig.checkpoint"),
+    "reference checkpoint missing": (
+        ["--gin.SelectionConfig.mode=slm", f"--gin.ReferenceConfig.checkpoint={ROOT}/nope"],
+        r"ReferenceConfig.checkpoint=.*/nope' does not exist; point it at a checkpoint"),
+    "reference directory holds no checkpoint": (
+        ["--gin.SelectionConfig.mode=slm", f"--gin.ReferenceConfig.checkpoint={ROOT}/empty"],
+        r"ReferenceConfig.checkpoint=.*/empty' holds no checkpoint; point it at"),
+    "reference checkpoint of another shape": (
+        ["--gin.SelectionConfig.mode=slm",
+         f"--gin.ReferenceConfig.checkpoint={ROOT}/other/checkpoints"],
+        r"ReferenceConfig.checkpoint=.* does not match the model config: .* is \(.*\) on disk "
+        r"but \(.*\) in the model.*; use a checkpoint of the same ModelConfig"),
+    "reference and student vocab sizes differ": (
+        ["--gin.SelectionConfig.mode=slm", f"--gin.ReferenceConfig.checkpoint={ROOT}/run/checkpoints",
+         "--gin.ReferenceConfig.model=@reference/ModelConfig()",
+         "--gin.reference/ModelConfig.vocab_size=1024"],
+        r"reference vocab_size 1024 != student vocab_size 512; .*same tokenizer"),
+    "old reference binding": (["--gin.train.reference_checkpoint=/x"],
+                              r"train.reference_checkpoint was renamed: bind "
+                              r"ReferenceConfig.checkpoint instead"),
+    "old reference dtype binding": (["--gin.bench.reference_dtype=float32"],
+                                    r"bench.reference_dtype was renamed: bind ReferenceConfig.dtype"),
+    "tokenizer file missing": ([f"--gin.DataConfig.vocab_path={ROOT}/nope.model"],
+                               r"nope.model' does not exist; set DataConfig.vocab_path to a "
+                               r"SentencePiece .model file"),
+    "tokenizer not a SentencePiece model": (
+        [f"--gin.DataConfig.vocab_path={ROOT}/not_spm.model"],
+        r"not_spm.model' is not a SentencePiece model; set DataConfig.vocab_path"),
+    "data pattern matches no files": (
+        [f"--gin.DataConfig.file_pattern={ROOT}/nothing-*.tfrecord"],
+        r"No files match .*nothing-\*.tfrecord'; set DataConfig.file_pattern to a glob"),
+    "mesh does not divide the devices": (
+        ["--gin.MeshConfig.data=3"], r"MeshConfig .*does not divide the 8 devices|uses 3 devices but 8"),
+    "mesh with two -1 axes": (["--gin.MeshConfig.fsdp=-1"],
+                              r"needs positive sizes with at most one -1; fix --gin.MeshConfig"),
+    "batch not divisible by data parallelism": (
+        ["--gin.DataConfig.global_batch_size=4", "--gin.DataConfig.num_streams=1"],
+        r"not divisible by the data-parallel size 8 .*set --gin.DataConfig.global_batch_size to a "
+        r"multiple of 8"),
+    "context longer than the model's maximum": (
+        ["--gin.DataConfig.seq_len=512"],
+        r"DataConfig.seq_len=512 is longer than ModelConfig.max_seq_len=256; lower"),
+    "output dir not writable": ([f"--gin.train.run_dir={ROOT}/a_file/run"],
+                                r"train.run_dir=.*a_file/run' is not writable .*choose another "
+                                r"--gin.train.run_dir"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_line_and_leaves_the_run_alone(capsys, corpus, trained, case):
+    extra, message = CASES[case]
+    extra = [flag.replace(ROOT, str(trained)) for flag in extra]
+    run_dir = trained / "run"
+    before = snapshot(run_dir)
+    assert "checkpoints/2/params/_METADATA" in before
+    code = main_lib.main(flags(corpus, run_dir, *extra))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(message, lines[0]), lines[0]
+    print(f"{case}: {lines[0]}")
+    assert snapshot(run_dir) == before, case
+
+
+def _example(text: bytes) -> bytes:
+    feature = tf.train.Feature(bytes_list=tf.train.BytesList(value=[text]))
+    return tf.train.Example(features=tf.train.Features(feature={"text": feature})).SerializeToString()
+
+
+GOOD = [b"x = 3 + 4 = 7", "caf\u00e9 \ufffd kept: valid UTF-8".encode()]
+BAD = [b"", b"  \n\t", b"\xff\xfe not UTF-8", b"cut short \xe2\x82"]
+
+
+@pytest.fixture(scope="module")
+def dirty(corpus):
+    path = str(corpus[0] / "dirty.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+        for _ in range(30):
+            for text in GOOD + BAD:
+                writer.write(_example(text))
+    return path
+
+
+def test_empty_and_non_utf8_documents_are_dropped_and_counted(corpus, dirty):
+    config = pipeline.DataConfig(file_pattern=dirty, vocab_path=corpus[2], seq_len=64,
+                                 global_batch_size=8, shuffle=False)
+    doc_filter = pipeline.DocumentFilter()
+    rows = list(pipeline.packed_dataset(config, repeat=False, doc_filter=doc_filter)
+                .as_numpy_iterator())
+    eos = tokenizer.load_vocabulary(corpus[2]).eos_id
+    documents = sum(int((row["targets"] == eos).sum()) for row in rows)
+    assert documents == 30 * len(GOOD) and doc_filter.skipped == 30 * len(BAD)
+
+
+def test_a_run_on_dirty_data_trains_and_reports_the_skipped_count(capsys, corpus, dirty, tmp_path):
+    run_dir = tmp_path / "run"
+    code = main_lib.main(flags(corpus, run_dir, f"--gin.DataConfig.file_pattern={dirty}",
+                               "--gin.train.num_steps=2"))
+    assert code == 0, capsys.readouterr().err
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["step"] for ln in lines] == [1, 2]
+    # Counted as the streams read them (tf.data reads ahead), so at least one round of BAD.
+    assert all(ln["data_skipped_docs"] >= len(BAD) for ln in lines)

@@ -1,0 +1,39 @@
+"""The job registry (slm_jax/jobs/registry.py): `run.job` picks a job; every config is a
+gin configurable once the registry is imported."""
+
+import gin
+import pytest
+
+from slm_jax.jobs import registry
+
+
+@pytest.fixture(autouse=True)
+def fresh_gin():
+    gin.clear_config()
+    yield
+    gin.clear_config()
+
+
+def test_every_job_and_config_is_configurable():
+    assert set(registry.JOBS) == {"train", "score", "demo", "experiment", "bench", "analyze",
+                                  "eval"}
+    bindings = "\n".join(f"run.job = '{job}'" for job in registry.JOBS) + """
+ReferenceConfig.dtype = 'float32'
+ModelConfig.d_model = 64
+DataConfig.seq_len = 32
+SelectionConfig.ratio = 0.5
+OptimizerConfig.learning_rate = 1e-3
+MeshConfig.data = -1
+CheckpointConfig.keep = 1
+HeldOutLossEval.num_batches = 2
+FewShotEvalConfig.num_problems = 2
+initialize_distributed.num_processes = 1
+"""
+    gin.parse_config(bindings)  # an unknown name would raise
+
+
+def test_run_dispatches_and_refuses_unknown_jobs(monkeypatch):
+    monkeypatch.setitem(registry.JOBS, "train", lambda: "trained")
+    assert registry.run("train") == "trained"
+    with pytest.raises(ValueError, match=r"run.job='nope' is not a job; choose one of"):
+        registry.run("nope")

@@ -1,0 +1,84 @@
+"""The `train` job (slm_jax/jobs/train.py): non-finite steps stop or skip, SIGTERM checkpoints and resumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from slm_jax import model as model_lib
+from slm_jax.parallel.checkpoint import CheckpointConfig, restore_params
+from slm_jax.parallel import sharding
+from slm_jax.data import pipeline
+from slm_jax.slm.optim import OptimizerConfig
+from slm_jax.jobs.train import NonFiniteError, train
+from tests.tiny_corpus import tiny_corpus
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                             mlp_dim=64, max_seq_len=64, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    root = tmp_path_factory.mktemp("robust")
+    paths, vocab = tiny_corpus(root, seed=3)
+    return pipeline.DataConfig(file_pattern=paths.web_tfrecord, vocab_path=vocab, seq_len=64,
+                               global_batch_size=8)
+
+
+def exploding(tmp_path, web, on_nonfinite):
+    # lr 1e30: step 1's update is finite but huge, so step 2's forward overflows.
+    return train(run_dir=str(tmp_path), data=web, model=TINY, num_steps=4, progress=False,
+                 optimizer=OptimizerConfig(learning_rate=1e30, clip_norm=1e30),
+                 checkpoint=CheckpointConfig(every_steps=1, keep=10), on_nonfinite=on_nonfinite,
+                 log_every=1)
+
+
+def test_nonfinite_step_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, web):
+    with pytest.raises(NonFiniteError, match="non-finite loss or gradient at step 2"):
+        exploding(tmp_path / "run", web, "stop")
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == ["1"]
+    params = restore_params(str(tmp_path / "run" / "checkpoints"), model_lib.abstract_params(TINY),
+                            sharding.param_shardings(TINY, sharding.make_mesh(sharding.MeshConfig())),
+                            binding="x")
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+
+
+def test_nonfinite_updates_can_be_skipped(tmp_path, web):
+    summary = exploding(tmp_path / "run", web, "skip")
+    assert summary["step"] == 4 and summary["skipped"] == 1.0
+    lines = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["skipped"] for ln in lines] == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path, web):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/models/tiny.gin",
+           "--gin.run.job=train", f"--gin.train.run_dir={run_dir}", "--gin.train.num_steps=100000",
+           f"--gin.DataConfig.file_pattern={web.file_pattern}",
+           f"--gin.DataConfig.vocab_path={web.vocab_path}", "--gin.DataConfig.seq_len=64",
+           "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=1",
+           "--gin.CheckpointConfig.every_steps=100000"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    seen_steps = 0
+    for line in proc.stdout:  # wait until training is really under way
+        if "step 3/" in line:
+            seen_steps = 3
+            break
+    assert seen_steps == 3
+    sent = time.perf_counter()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    elapsed = time.perf_counter() - sent
+    assert proc.returncode == 0, out[-3000:]
+    assert "preempted at step" in out
+    saved = [int(s) for s in os.listdir(run_dir / "checkpoints")]
+    assert len(saved) == 1 and saved[0] >= 3
+    print(f"SIGTERM -> checkpoint written and exit in {elapsed:.2f}s")
