@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import tokenize
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -20,6 +21,8 @@ from slm_jax import cli_errors  # noqa: E402
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "gin/demo.gin"
 USAGE = ("usage: python -m slm_jax.main [--gin_file=FILE.gin ...] [--gin.NAME=VALUE ...]\n"
+         "  Gin files and bindings apply in order (the later wins); run.job picks the job:\n"
+         "  train, score, demo, experiment, bench, analyze, eval (default: the demo).\n"
          "  e.g. python -m slm_jax.main --gin_file=gin/demo.gin --gin.train.num_steps=50")
 
 
@@ -38,6 +41,10 @@ class UsageError(ValueError):
     pass
 
 
+class HelpRequested(Exception):
+    pass
+
+
 def parse_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """argv -> (gin files, gin bindings), in the order given."""
     files, bindings = [], []
@@ -45,7 +52,7 @@ def parse_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     while args:
         arg = args.pop(0)
         if arg in ("-h", "--help"):
-            raise UsageError(USAGE)
+            raise HelpRequested(USAGE)
         if arg.startswith("--gin_file"):
             value = arg.partition("=")[2] if "=" in arg else (args.pop(0) if args else "")
             if not value:
@@ -68,7 +75,7 @@ def _gin_literal(value: str) -> str:
     try:
         gin.config_parser.ConfigParser(f"x = {value}", gin.config.ParserDelegate()).parse_statement()
         return value
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, tokenize.TokenError):
         return repr(value)
 
 
@@ -81,6 +88,8 @@ def parse_config(files: list[str], bindings: list[str]):
             raise UsageError(f"--gin_file={path}: no such file")
     try:
         gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    except tokenize.TokenError as e:  # gin's tokenizer: unbalanced brackets, open strings
+        raise UsageError(_unreadable_gin(files, bindings, e)) from e
     except ValueError as e:
         match = _NO_PARAMETER.search(str(e))
         old = match and f"{match.group(1)}.{match.group(2)}"
@@ -89,6 +98,19 @@ def parse_config(files: list[str], bindings: list[str]):
                              f"(e.g. --gin.{RENAMED_BINDINGS[old].split()[0]}=...)") from e
         raise
     gin.finalize()
+
+
+def _unreadable_gin(files: list[str], bindings: list[str], err: tokenize.TokenError) -> str:
+    """Which file (or binding) gin could not tokenise, and where."""
+    for path in files:
+        path = path if os.path.exists(path) else os.path.join(REPO_ROOT, path)
+        with open(path, encoding="utf-8") as f:
+            try:
+                list(tokenize.generate_tokens(f.readline))
+            except tokenize.TokenError as e:
+                return (f"--gin_file={path}: {e.args[0]} at line {e.args[1][0]} (a bracket or "
+                        "string opened above it is never closed); fix the gin file.")
+    return f"a --gin. binding cannot be read ({err.args[0]}): {bindings}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         distributed.initialize_distributed()
         from slm_jax.jobs import registry as jobs
         jobs.run()
+    except HelpRequested as e:
+        print(str(e))
+        return 0
     except UsageError as e:
         print(str(e), file=sys.stderr)
         return 2

@@ -13,10 +13,11 @@ from slm_jax import model as model_lib
 from slm_jax.jobs import analyze as job
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.parallel.checkpoint import CheckpointConfig
-from slm_jax.data import demo_corpus, pipeline, tasks, tokenizer
+from slm_jax.data import pipeline, tasks
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import select_tokens
 from slm_jax.jobs.train import train
+from tests.tiny_corpus import tiny_corpus
 
 TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=64, dtype="float32")
@@ -63,10 +64,8 @@ def parse_spans(page: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
-    paths = demo_corpus.generate_corpus(str(root / "corpus"), seed=1, n_web_docs=200,
-                                        n_clean_docs=100, n_eval_docs=30)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl, paths.clean_jsonl],
-                                          str(root / "spm"), vocab_size=512)
+    paths, vocab = tiny_corpus(root / "corpus", seed=1, n_web_docs=200, n_clean_docs=100,
+                               n_eval_docs=30, spm_on_clean=True)
     return root, paths, vocab
 
 

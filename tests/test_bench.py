@@ -22,3 +22,9 @@ def test_bench_command_prints_one_json_line_per_mode_and_method():
     assert [ln["mode"] for ln in lines] == ["clm", "slm_online", "slm_offline", "select"]
     assert lines[0]["ratio_to_clm"] == 1.0 and all(ln["step_s"] > 0 for ln in lines[:3])
     assert lines[1]["reference_dtype"] == "float32" and lines[3]["method"] == "bisect"
+
+
+def test_bench_help_is_its_own_usage(capsys):
+    from slm_jax import bench
+    assert bench.main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: python -m slm_jax.bench")

@@ -11,32 +11,9 @@ from slm_jax.parallel import partition, sharding
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from slm_jax.slm.selection import SelectionConfig
 from slm_jax.slm.train_step import make_train_step
+from tests.test_train_step import TINY, assert_trees_close, make_batch  # noqa: F401  (shared fixtures and helpers)
 
-TINY = model_lib.ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                             mlp_dim=64, max_seq_len=64, dtype="float32")
 BATCH, LENGTH = 8, 16
-
-
-def make_batch(seed=0, batch=BATCH, length=LENGTH):
-    """Two packed documents per row plus a padded tail, as the pipeline yields."""
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(3, TINY.vocab_size, size=(batch, length + 1)).astype(np.int32)
-    segments = np.zeros((batch, length + 1), np.int32)
-    positions = np.zeros((batch, length + 1), np.int32)
-    for row in range(batch):
-        cut, end = rng.integers(3, length - 4), rng.integers(length - 2, length + 1)
-        segments[row, :cut], segments[row, cut:end] = 1, 2
-        positions[row, :cut] = np.arange(cut)
-        positions[row, cut:end] = np.arange(end - cut)
-    tokens[segments == 0] = 0
-    weights = ((segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)).astype(np.float32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_weights": weights,
-            "segment_ids": segments[:, :-1], "positions": positions[:, :-1]}
-
-
-def assert_trees_close(a, b, **tol):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), **tol)
 
 
 def test_checkpoint_restore_gives_identical_next_step(tmp_path):
@@ -82,3 +59,34 @@ def test_reference_params_restore_read_only_and_reject_other_shapes(tmp_path):
     with pytest.raises(ValueError, match="ReferenceConfig.checkpoint=.*does not exist"):
         ckpt_lib.restore_params(str(tmp_path / "missing"), model_lib.abstract_params(TINY),
                                 state_sh.params, binding="ReferenceConfig.checkpoint")
+
+
+def _truncate_largest_file(step_dir):
+    files = sorted((p for p in (step_dir / "params").rglob("*") if p.is_file()),
+                   key=lambda p: p.stat().st_size)
+    with open(files[-1], "r+b") as f:
+        f.truncate(64)
+
+
+def test_an_unreadable_checkpoint_falls_back_to_the_previous_one_and_is_kept_aside(tmp_path):
+    mesh = sharding.make_mesh(sharding.MeshConfig())
+    tx, _ = make_optimizer(OptimizerConfig(), 10)
+    state_sh = partition.state_shardings(TINY, tx, mesh)
+    state = partition.init_state(TINY, tx, jax.random.key(0), state_sh)
+    directory = tmp_path / "ckpt"
+    with ckpt_lib.Checkpointer(str(directory), ckpt_lib.CheckpointConfig(keep=5)) as ckpt:
+        for step in (1, 2):
+            ckpt.save(state.replace(step=jax.numpy.int32(step)), force=True,
+                      data_state={"step": step})
+    _truncate_largest_file(directory / "2")
+    abstract = partition.abstract_train_state(TINY, tx)
+    with ckpt_lib.Checkpointer(str(directory)) as ckpt:
+        restored = ckpt.restore_latest_readable(abstract, state_sh)
+        assert int(restored.step) == 1 and ckpt.latest_step() == 1
+        assert ckpt.restore_data_state(1) == {"step": 1}
+    assert (directory / "2.unreadable").is_dir() and not (directory / "2").exists()
+    _truncate_largest_file(directory / "1")
+    with ckpt_lib.Checkpointer(str(directory)) as ckpt:
+        with pytest.raises(ValueError, match=r"the checkpoint .*/ckpt/1 cannot be read \(.*\) and "
+                                             r"no older one is left"):
+            ckpt.restore_latest_readable(abstract, state_sh)

@@ -1,15 +1,12 @@
 """The excess-loss HTML page (slm_jax/analysis/excess_html.py): text rebuilt, escaped, coloured and marked."""
 
-import html.parser
 
 import numpy as np
-import pytest
 
 from slm_jax.analysis import excess_html
-from slm_jax.data import demo_corpus, tokenizer
+from slm_jax.data import tokenizer
 from slm_jax.slm.selection import select_tokens
-
-MARKUP_DOC = '<div class="note">Tom & Jerry</div> buy 3 apples for $2 each.'
+from tests.test_analyze import MARKUP_DOC, TokenSpans, corpus, parse_spans  # noqa: F401  (shared fixtures and helpers)
 
 
 # --------------------------------------------------------------------------
@@ -18,45 +15,6 @@ MARKUP_DOC = '<div class="note">Tom & Jerry</div> buy 3 apples for $2 each.'
 
 # --------------------------------------------------------------------------
 # The HTML page.
-
-
-class TokenSpans(html.parser.HTMLParser):
-    """Collects the text, classes and tooltip of every `tok` span."""
-
-    def __init__(self):
-        super().__init__()
-        self.spans, self._open = [], None
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "span" and "tok" in attrs.get("class", "").split():
-            self._open = {"classes": attrs["class"].split(), "title": attrs.get("title"),
-                          "text": ""}
-            self.spans.append(self._open)
-
-    def handle_endtag(self, tag):
-        if tag == "span":
-            self._open = None
-
-    def handle_data(self, data):
-        if self._open is not None:
-            self._open["text"] += data
-
-
-def parse_spans(page: str) -> list[dict]:
-    parser = TokenSpans()
-    parser.feed(page)
-    return parser.spans
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("analysis")
-    paths = demo_corpus.generate_corpus(str(root / "corpus"), seed=1, n_web_docs=200,
-                                        n_clean_docs=100, n_eval_docs=30)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl, paths.clean_jsonl],
-                                          str(root / "spm"), vocab_size=512)
-    return root, paths, vocab
 
 
 def test_piece_texts_rebuild_the_text(corpus):
@@ -107,5 +65,3 @@ def test_colour_scale_is_diverging():
 
 # --------------------------------------------------------------------------
 # The job, end to end on a tiny run.
-
-

@@ -91,3 +91,12 @@ def test_later_flags_win(corpus, tmp_path):
     main_lib.parse_config(files, bindings)
     from slm_jax.model import ModelConfig
     assert ModelConfig().d_model == 48 and ModelConfig().vocab_size == 512
+
+
+def test_help_is_usage_on_stdout_and_exit_zero(capsys):
+    assert main_lib.main(["--help"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("usage: python -m slm_jax.main") and "run.job" in out.out
+    assert out.err == ""
+    assert main_lib.main(["--bogus"]) == 2
+    assert "unknown flag '--bogus'" in capsys.readouterr().err

@@ -2,15 +2,18 @@
 
 import json
 
+import jax
 import jax.numpy as jnp
+import pytest
 
-from slm_jax.jobs.metrics_log import MetricsLogger
+from slm_jax.jobs import perf
+from slm_jax.jobs.metrics_log import MetricsLogger, WandbConfig
 
 
 def test_train_and_eval_lines_go_to_their_files_with_throughput(tmp_path, capsys):
     logger = MetricsLogger(str(tmp_path), total_steps=4, tokens_per_step=100, name="t",
-                           progress=False)
-    logger.log(2, {"loss": jnp.float32(2.5), "selected_loss": 3.0})
+                           progress=False, flops_per_token=1e6)
+    logger.log(2, {"loss": jnp.float32(2.5), "selected_loss": 3.0, "data_wait_s": 0.0})
     logger.log(2, {"loss": 1.25}, prefix="eval_")
     logger.preempted(3)
     logger.close()
@@ -18,9 +21,14 @@ def test_train_and_eval_lines_go_to_their_files_with_throughput(tmp_path, capsys
     evals = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert train[0]["step"] == 2 and train[0]["loss"] == 2.5 and train[0]["tokens_per_s"] > 0
     assert "step_s" in train[0] and evals == [{"step": 2, "eval_loss": 1.25}]
+    # Where the time went: MFU from the model FLOPs and the measured peak, data wait, memory.
+    want_mfu = 1e6 * train[0]["tokens_per_s"] / perf.device_peak()[0]
+    assert abs(train[0]["mfu"] - want_mfu) <= 1e-9 * want_mfu
+    assert train[0]["data_wait_share"] == 0.0 and train[0]["peak_mem_bytes"] > 0
     assert list((tmp_path / "tensorboard").iterdir())
     out = capsys.readouterr().out
-    assert "[t] step 2/4  loss 2.5000  selected 3.0000" in out
+    assert "[t] step 2/4  loss 2.5000  selected 3.0000" in out and "  mfu " in out
+    assert "  data 0%  " in out
     assert "[t] step 2  eval_loss 1.2500" in out
     assert "[t] preempted at step 3; checkpoint saved" in out
 
@@ -33,3 +41,29 @@ def test_a_resumed_log_appends(tmp_path):
         logger.close()
     steps = [json.loads(ln)["step"] for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4]
+
+
+def test_wandb_offline_logs_the_same_metrics_and_a_resumed_run_keeps_its_id(tmp_path,
+                                                                            monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = WandbConfig(project="slm-jax-test", mode="offline")
+    ids = []
+    for start in (0, 2):
+        logger = MetricsLogger(str(tmp_path), total_steps=4, start_step=start, tokens_per_step=10,
+                               progress=False, wandb=config)
+        ids.append(logger._wandb.id)
+        logger.log(start + 2, {"loss": 1.5 - start / 4})
+        logger.close()
+    assert ids[0] == ids[1] == (tmp_path / "wandb_run_id").read_text()
+    runs = list((tmp_path / "wandb").glob(f"offline-run-*-{ids[0]}/run-{ids[0]}.wandb"))
+    assert len(runs) == 2 and all(r.stat().st_size > 0 for r in runs)
+
+
+def test_wandb_is_off_by_default_and_only_process_zero_logs(tmp_path, monkeypatch):
+    MetricsLogger(str(tmp_path / "a"), total_steps=1, tokens_per_step=1, progress=False).close()
+    assert not (tmp_path / "a" / "wandb").exists()
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    logger = MetricsLogger(str(tmp_path / "b"), total_steps=1, tokens_per_step=1, progress=False,
+                           wandb=WandbConfig(project="p", mode="offline"))
+    assert logger._wandb is None and not (tmp_path / "b").exists()

@@ -47,5 +47,11 @@ def test_gradients_are_clipped_and_norm_scales_are_not_decayed():
 def test_bad_values_name_the_binding():
     with pytest.raises(ValueError, match="--gin.OptimizerConfig.learning_rate"):
         OptimizerConfig(learning_rate=0.0)
-    with pytest.raises(ValueError, match="end_lr_ratio in"):
+    with pytest.raises(ValueError, match=r"end_lr_ratio=2.0 must be a finite number in \[0.0, 1.0\]"):
         OptimizerConfig(end_lr_ratio=2.0)
+    with pytest.raises(ValueError, match="learning_rate=nan must be a finite number"):
+        OptimizerConfig(learning_rate=float("nan"))
+    with pytest.raises(ValueError, match="clip_norm='1' must be a finite number"):
+        OptimizerConfig(clip_norm="1")
+    with pytest.raises(ValueError, match="warmup_steps=2.5 must be an int >= 0"):
+        OptimizerConfig(warmup_steps=2.5)

@@ -3,47 +3,10 @@
 import json
 import os
 
-import pytest
 import tensorflow as tf
 
-from slm_jax.data import demo_corpus, prepare, tokenizer
-
-pa = pytest.importorskip("pyarrow")
-pq = pytest.importorskip("pyarrow.parquet")
-
-BAD_UTF8 = b"caf\xe9 \xff broken"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("owm")
-    paths = demo_corpus.generate_corpus(str(root), seed=1, n_web_docs=20, n_clean_docs=1, n_eval_docs=1)
-    with open(paths.web_jsonl, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f]
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)
-    return root, texts, vocab
-
-
-@pytest.fixture(scope="module")
-def release(corpus):
-    """The documents as an OpenWebMath-like parquet file (several row groups) plus bad rows."""
-    root, texts, _ = corpus
-    raw = [t.encode() for t in texts[:12]] + [b"", None, b" \n\t", BAD_UTF8] + [t.encode() for t in texts[12:]]
-    table = pa.table({
-        "url": [f"https://example.org/{i}" for i in range(len(raw))],
-        "text": pa.array(raw, type=pa.binary()).view(pa.string()),  # unchecked: keeps the bad bytes
-        "date": ["2023-01-01"] * len(raw),
-    })
-    path = root / "release" / "train-00000-of-00001.parquet"
-    path.parent.mkdir()
-    pq.write_table(table, str(path), row_group_size=7)
-    return str(root / "release" / "*.parquet")
-
-
-def _run(capsys, *args):
-    code = prepare.main(list(args))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from slm_jax.data import prepare
+from tests.test_openwebmath import BAD_UTF8, _run, corpus, pa, pq, release  # noqa: F401  (shared fixtures and helpers)
 
 
 def _shard_texts(path):

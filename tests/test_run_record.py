@@ -3,23 +3,9 @@
 import json
 
 import jax
-import pytest
 
-from slm_jax import model as model_lib
-from slm_jax.data import pipeline
 from slm_jax.jobs.train import train
-from tests.tiny_corpus import tiny_corpus
-
-TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                             mlp_dim=64, max_seq_len=64, dtype="float32")
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory):
-    root = tmp_path_factory.mktemp("robust")
-    paths, vocab = tiny_corpus(root, seed=3)
-    return pipeline.DataConfig(file_pattern=paths.web_tfrecord, vocab_path=vocab, seq_len=64,
-                               global_batch_size=8)
+from tests.test_train import TINY, web  # noqa: F401  (shared fixtures and helpers)
 
 
 def test_run_record(tmp_path, web):

@@ -10,10 +10,11 @@ from slm_jax import model as model_lib
 from slm_jax.parallel import sharding
 from slm_jax.jobs import score as scoring
 from slm_jax.parallel.checkpoint import CheckpointConfig, restore_params
-from slm_jax.data import BATCH_KEYS, demo_corpus, iterator, pipeline, scored, tokenizer
+from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 from slm_jax.jobs.train import train
+from tests.tiny_corpus import tiny_corpus
 
 TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=64, dtype="float32")
@@ -22,10 +23,8 @@ TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("scoring")
-    paths = demo_corpus.generate_corpus(str(root / "corpus"), seed=2, n_web_docs=200,
-                                        n_clean_docs=100, n_eval_docs=20)
-    vocab = tokenizer.train_sentencepiece([paths.web_jsonl, paths.clean_jsonl],
-                                          str(root / "spm"), vocab_size=512)
+    paths, vocab = tiny_corpus(root / "corpus", seed=2, n_web_docs=200, n_clean_docs=100,
+                               n_eval_docs=20, spm_on_clean=True)
     web = pipeline.DataConfig(file_pattern=paths.web_tfrecord, vocab_path=vocab, seq_len=64,
                               global_batch_size=8)
     clean = pipeline.DataConfig(file_pattern=paths.clean_tfrecord, vocab_path=vocab, seq_len=64,

@@ -1,74 +1,11 @@
 """The stream layout (slm_jax/data/streams.py): global batches independent of hosts, state that moves between host counts."""
 
-import json
-import os
-import random
 
-import jax
 import numpy as np
 import pytest
 
-from slm_jax.data import BATCH_KEYS, demo_corpus, iterator, pipeline, streams, tasks, tokenizer
-
-STEPS = 40  # each stream reads its ~35 documents 1.5 times, over several packing blocks
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """4 TFRecord files of short documents (1-4 lines: rows hold one or several chunks)."""
-    root = str(tmp_path_factory.mktemp("order"))
-    corpus = demo_corpus.generate_corpus(root, seed=0, n_web_docs=12, n_clean_docs=1, n_eval_docs=1)
-    vocab = tokenizer.train_sentencepiece([corpus.web_jsonl], os.path.join(root, "spm"), vocab_size=512)
-    with open(corpus.web_jsonl, encoding="utf-8") as f:
-        lines = [line for row in f for line in json.loads(row)["text"].split("\n") if line.strip()]
-    rng, docs = random.Random(0), []
-    while lines:
-        n = rng.randint(1, 4)
-        docs.append("\n".join(lines[:n]))
-        lines = lines[n:]
-    for i in range(4):
-        tasks.write_text_tfrecord(docs[i::4], os.path.join(root, f"docs-{i}-of-4.tfrecord"))
-    return os.path.join(root, "docs-*-of-4.tfrecord"), vocab
-
-
-def _config(data, **overrides):
-    pattern, vocab = data
-    fields = dict(file_pattern=pattern, vocab_path=vocab, seq_len=32, global_batch_size=8,
-                  num_streams=2, shuffle_buffer=16, seed=0)
-    fields.update(overrides)
-    return pipeline.DataConfig(**fields)
-
-
-def _take(batches, n):
-    return [{k: np.asarray(v) for k, v in next(batches).items()} for _ in range(n)]
-
-
-def _assert_same(batches, others):
-    assert len(batches) == len(others)
-    for step, (a, b) in enumerate(zip(batches, others)):
-        for key in BATCH_KEYS:
-            np.testing.assert_array_equal(a[key], b[key], err_msg=f"batch {step}, {key}")
-
-
-@pytest.fixture(scope="module")
-def mesh():
-    return jax.make_mesh((8,), ("data",))
-
-
-SAVES = (7, 29)  # one mid-block, one in the second pass over the documents
-
-
-@pytest.fixture(scope="module")
-def saved_run(data, mesh, tmp_path_factory):
-    """An uninterrupted run of STEPS batches and the data states it reported at SAVES
-    (each through JSON, as the checkpoint stores it)."""
-    run = iterator.make_train_iterator(_config(data), mesh)
-    batches, states = [], {}
-    for step in range(STEPS):
-        if step in SAVES:
-            states[step] = json.loads(json.dumps(run.state()))
-        batches += _take(run, 1)
-    return batches, states
+from slm_jax.data import BATCH_KEYS, pipeline, streams
+from tests.test_iterator import SAVES, STEPS, _assert_same, _config, _take, data, mesh, saved_run  # noqa: F401  (shared fixtures and helpers)
 
 
 # --------------------------------------------------------------------------

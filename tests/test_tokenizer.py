@@ -1,41 +1,18 @@
 """SentencePiece training and the Llama-compatible vocabulary (slm_jax/data/tokenizer.py)."""
 
-import json
 import os
 
-import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from slm_jax.data import demo_corpus, tasks, tokenizer
+from tests.test_pipeline import _texts, corpus, model_path, vocab  # noqa: F401  (shared fixtures and helpers)
 
 BOS, EOS = 1, 2
 
 
 # --------------------------------------------------------------------------
 # Fixtures and helpers.
-
-
-def _texts(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line)["text"] for line in f]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    return demo_corpus.generate_corpus(str(root), seed=0, n_web_docs=40, n_clean_docs=30, n_eval_docs=10)
-
-
-@pytest.fixture(scope="module")
-def model_path(corpus):
-    prefix = os.path.join(corpus.root, "spm", "llama512")
-    return tokenizer.train_sentencepiece([corpus.jsonl["web"], corpus.jsonl["clean"]], prefix, vocab_size=512)
-
-
-@pytest.fixture(scope="module")
-def vocab(model_path):
-    return tokenizer.load_vocabulary(model_path)
 
 
 def _pieces(model_file):

@@ -57,7 +57,8 @@ def test_nonfinite_updates_can_be_skipped(tmp_path, web):
     assert [ln["skipped"] for ln in lines] == [0.0, 1.0, 1.0, 1.0]
 
 
-def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path, web):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(tmp_path, web, signum):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/models/tiny.gin",
            "--gin.run.job=train", f"--gin.train.run_dir={run_dir}", "--gin.train.num_steps=100000",
@@ -74,11 +75,32 @@ def test_sigterm_checkpoints_and_exits_zero_then_resumes(tmp_path, web):
             break
     assert seen_steps == 3
     sent = time.perf_counter()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     elapsed = time.perf_counter() - sent
     assert proc.returncode == 0, out[-3000:]
     assert "preempted at step" in out
     saved = [int(s) for s in os.listdir(run_dir / "checkpoints")]
     assert len(saved) == 1 and saved[0] >= 3
-    print(f"SIGTERM -> checkpoint written and exit in {elapsed:.2f}s")
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    print(f"{signal.Signals(signum).name} -> checkpoint written and exit in {elapsed:.2f}s")
+    # The same command resumes from that checkpoint.
+    more = f"--gin.train.num_steps={saved[0] + 2}"
+    resumed = subprocess.run([more if a.startswith("--gin.train.num_steps=") else a for a in cmd],
+                             cwd=REPO, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    steps = [json.loads(ln)["step"] for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [saved[0] + 1, saved[0] + 2]
+
+
+def test_profile_traces_the_train_step_and_lines_say_where_time_went(tmp_path, web):
+    run_dir = tmp_path / "run"
+    train(run_dir=str(run_dir), data=web, model=TINY, num_steps=3, progress=False, log_every=1,
+          profile=(1, 1))
+    traces = list((run_dir / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and b"jit_step" in traces[0].read_bytes()
+    lines = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        assert 0.0 <= line["data_wait_share"] <= 1.0 and 0.0 < line["mfu"] < 1.0
+        assert line["peak_mem_bytes"] > 0 and line["step_s"] > 0

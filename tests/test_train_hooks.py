@@ -3,7 +3,9 @@ non-finite guard, the preemption watcher and the skipped-document count."""
 
 import os
 import signal
+import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -77,14 +79,68 @@ def test_sigterm_is_noted_not_fatal_and_the_handler_is_restored():
     assert signal.getsignal(signal.SIGTERM) == before
 
 
-def test_skipped_documents_are_added_and_warned_once_per_increase(caplog):
+def test_data_stats_time_the_batches_and_count_skipped_documents(caplog):
     class Batches:
         skipped_documents = 0
+
+        def __next__(self):
+            time.sleep(0.05)
+            return {"inputs": 1}
+
+        def state(self):
+            return {"step": 1}
     batches = Batches()
-    counter = train_hooks.SkippedDocuments(batches)
-    assert counter.add_to({"loss": 1.0}) == {"loss": 1.0}
+    stats = train_hooks.DataStats(batches)
+    assert next(stats) == {"inputs": 1} and stats.state() == {"step": 1}
+    first = stats.add_to({"loss": 1.0})
+    assert first["loss"] == 1.0 and first["data_wait_s"] >= 0.05
+    assert "data_skipped_docs" not in first
     batches.skipped_documents = 3
-    assert counter.add_to({"loss": 1.0}) == {"loss": 1.0, "data_skipped_docs": 3}
-    counter.add_to({})
+    second = stats.add_to({"loss": 1.0})
+    assert second["data_skipped_docs"] == 3 and second["data_wait_s"] == 0.0  # reset per line
+    stats.add_to({})
     assert sum("skipped 3 empty" in r.message for r in caplog.records) == 1
-    assert train_hooks.SkippedDocuments(object()).add_to({"x": 1}) == {"x": 1}
+
+
+def test_multi_process_runs_leave_sigterm_to_jax(monkeypatch):
+    """A Python SIGTERM handler would replace JAX's preemption notifier: then one host
+    would stop alone and the others crash in the next collective (seen with 2 processes)."""
+    class Checkpointer:
+        def reached_preemption(self, step):
+            return step == 7
+
+    handler = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    watcher = train_hooks.PreemptionWatcher()
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert [watcher.reached(Checkpointer(), s) for s in (6, 7)] == [False, True]
+    watcher.close()
+
+
+def test_ctrl_c_is_noted_like_sigterm():
+    watcher = train_hooks.PreemptionWatcher()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)   # no KeyboardInterrupt
+        assert watcher.reached(None, 1)
+    finally:
+        watcher.close()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_profiler_traces_the_chosen_steps_and_names_the_step(tmp_path):
+    @jax.jit
+    def train_step(x):
+        return x @ x
+
+    profiler = train_hooks.Profiler(str(tmp_path / "profile"), (2, 2))
+    x = jnp.ones((64, 64))
+    for step in range(5):
+        profiler.before_step(step)
+        y = train_step(x)
+        profiler.after_step(step + 1, y)
+        assert profiler.active == (step == 2)  # steps 2 and 3 traced; stopped after step 3
+    profiler.close()
+    traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1
+    assert b"train_step" in traces[0].read_bytes()
+    assert not train_hooks.Profiler(str(tmp_path / "none"), None).active

@@ -62,29 +62,13 @@ class CorpusPaths:
     tfrecord: dict[str, str]
     eval_problems: str
 
-    @property
-    def web_jsonl(self) -> str:
-        return self.jsonl["web"]
-
-    @property
-    def clean_jsonl(self) -> str:
-        return self.jsonl["clean"]
-
-    @property
-    def eval_jsonl(self) -> str:
-        return self.jsonl["eval"]
-
-    @property
-    def web_tfrecord(self) -> str:
-        return self.tfrecord["web"]
-
-    @property
-    def clean_tfrecord(self) -> str:
-        return self.tfrecord["clean"]
-
-    @property
-    def eval_tfrecord(self) -> str:
-        return self.tfrecord["eval"]
+    # corpus.web_jsonl, corpus.clean_tfrecord, ...: the path of one split in one format.
+    web_jsonl = property(lambda self: self.jsonl["web"])
+    clean_jsonl = property(lambda self: self.jsonl["clean"])
+    eval_jsonl = property(lambda self: self.jsonl["eval"])
+    web_tfrecord = property(lambda self: self.tfrecord["web"])
+    clean_tfrecord = property(lambda self: self.tfrecord["clean"])
+    eval_tfrecord = property(lambda self: self.tfrecord["eval"])
 
 
 # --------------------------------------------------------------------------
@@ -165,12 +149,10 @@ def _travel_distance(rng: random.Random) -> Problem:
         f"A {vehicle} travels at {s1} miles per hour for {t1} hours, then at {s2} "
         f"miles per hour for {t2} hours. How many miles does the {vehicle} travel?"
     )
-    steps = (
-        f"In the first part it covers {s1} * {t1} = {d1} miles.",
-        f"In the second part it covers {s2} * {t2} = {d2} miles.",
-        f"Altogether it travels {d1} + {d2} = {d1 + d2} miles.",
-    )
-    return Problem(question, steps, d1 + d2, ("travel_distance", s1, t1, s2, t2))
+    return Problem(question, (f"In the first part it covers {s1} * {t1} = {d1} miles.",
+                              f"In the second part it covers {s2} * {t2} = {d2} miles.",
+                              f"Altogether it travels {d1} + {d2} = {d1 + d2} miles."),
+                   d1 + d2, ("travel_distance", s1, t1, s2, t2))
 
 
 def _reading_days(rng: random.Random) -> Problem:
@@ -339,17 +321,14 @@ def _savings(rng: random.Random) -> Problem:
     weekly, weeks = rng.randint(5, 50), rng.randint(3, 20)
     saved = weekly * weeks
     spent = rng.randint(1, saved)
-    name = rng.choice(_NAMES)
-    _, item = rng.choice(_ITEMS)
+    name, (_, item) = rng.choice(_NAMES), rng.choice(_ITEMS)
     question = (
         f"{name} saves ${weekly} every week for {weeks} weeks and then spends ${spent} "
         f"on {item}. How many dollars does {name} have left?"
     )
-    steps = (
-        f"{name} saves {weekly} * {weeks} = {saved} dollars.",
-        f"After shopping {name} has {saved} - {spent} = {saved - spent} dollars.",
-    )
-    return Problem(question, steps, saved - spent, ("savings", weekly, weeks, spent))
+    return Problem(question, (f"{name} saves {weekly} * {weeks} = {saved} dollars.",
+                              f"After shopping {name} has {saved} - {spent} = {saved - spent} "
+                              "dollars."), saved - spent, ("savings", weekly, weeks, spent))
 
 
 TEMPLATES: tuple[Callable[[random.Random], Problem], ...] = (

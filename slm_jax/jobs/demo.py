@@ -40,12 +40,8 @@ def prepare_demo_data(work_dir: str, *, vocab_size: int, seed: int):
 
 
 @gin.configurable
-def demo(work_dir: str = "runs/demo", *,
-         reference_steps: int = 150,
-         student_steps: int = 200,
-         ratio: float = 0.6,
-         vocab_size: int = 2048,
-         corpus_seed: int = 0) -> dict:
+def demo(work_dir: str = "runs/demo", *, reference_steps: int = 150, student_steps: int = 200,
+         ratio: float = 0.6, vocab_size: int = 2048, corpus_seed: int = 0) -> dict:
     """Runs reference, SLM and CLM and prints their held-out clean loss.
 
     Model, optimizer, batch and sequence length come from the usual gin

@@ -16,7 +16,6 @@ batch), with whether its mask equals the default method's.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import time
 
@@ -27,31 +26,14 @@ import numpy as np
 
 from slm_jax import model as model_lib
 from slm_jax.data import BATCH_KEYS
+from slm_jax.jobs.perf import (device_peak, flops_per_token, forward_flops_per_token,
+                               peak_memory_bytes)
 from slm_jax.parallel import partition, sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import METHODS, SelectionConfig, select_tokens
 from slm_jax.slm.train_step import make_train_step
-
-# Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s).
-SPEC_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-                   "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v6 lite": 918e12}
-
-
-def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token of one model: 6N for the matmul params plus
-    causal attention (QK^T and AV, 2 matmuls, half the positions masked)."""
-    n = model_lib.count_params(config)
-    if not config.tie_embeddings:
-        n -= config.vocab_size * config.d_model  # the input embedding is a gather, not a matmul
-    attn = 2 * 2 * config.n_layers * config.n_heads * config.resolved_head_dim * seq_len / 2
-    return 6 * n + 3 * attn
-
-
-def forward_flops_per_token(config, seq_len) -> float:
-    return flops_per_token(config, seq_len) / 3
-
 
 def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
     """Packed rows of 4 documents each, all positions weighted."""
@@ -65,36 +47,6 @@ def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict
         "positions": np.tile(np.arange(doc, dtype=np.int32), 4)[None].repeat(batch, 0),
         "ref_loss": rng.random((batch, seq_len)).astype(np.float32) * 5,
     }
-
-
-def measured_matmul_peak(dtype="float32", n=2048, reps=5) -> float:
-    """FLOP/s of a square matmul through XLA: the CPU's practical peak."""
-    x = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a: a @ a)
-    f(x).block_until_ready()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times)
-
-
-def device_peak() -> tuple[float, str]:
-    kind = jax.devices()[0].device_kind
-    if jax.default_backend() == "cpu":
-        return measured_matmul_peak(), "measured fp32 matmul (2048^3, XLA)"
-    for name, peak in SPEC_PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return peak * jax.device_count(), f"spec bf16 dense peak of {kind}"
-    return measured_matmul_peak("bfloat16", 8192), f"measured bf16 matmul on {kind}"
-
-
-def peak_memory_bytes() -> int:
-    if jax.default_backend() == "cpu":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    stats = jax.devices()[0].memory_stats() or {}
-    return int(stats.get("peak_bytes_in_use", 0))
 
 
 def time_fn(fn, n_warmup: int, n_steps: int) -> list[float]:

@@ -17,7 +17,7 @@ import jax
 
 from slm_jax import model as model_lib
 from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
-from slm_jax.jobs import checks, train_hooks
+from slm_jax.jobs import checks, perf, train_hooks
 from slm_jax.jobs.metrics_log import MetricsLogger
 from slm_jax.jobs.run_record import write_run_record
 from slm_jax.parallel import checkpoint as ckpt_lib
@@ -29,6 +29,15 @@ from slm_jax.slm.selection import SelectionConfig
 from slm_jax.slm.train_step import make_train_step
 
 NonFiniteError = train_hooks.NonFiniteError
+
+
+def _check_counts(**counts):
+    """Step counts and intervals: ints, at least their minimum (refused before any work)."""
+    minimum = {"num_steps": 1, "log_every": 1, "eval_every": 0, "eval_batches": 1, "grad_accum": 1}
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum[name]:
+            raise ValueError(f"train.{name}={value!r} must be an int >= {minimum[name]}; set "
+                             f"--gin.train.{name}.")
 
 
 def _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
@@ -63,9 +72,10 @@ def _prepare_run_dir(run_dir: str) -> None:
 def _initial_state(checkpointer, runtime, model, tx, state_sh, seed, init_checkpoint):
     """(state, saved data state): resume from run_dir, else start from `init_checkpoint`'s
     params or a fresh init."""
-    step = checkpointer.latest_step()
-    if step is not None:
-        state = checkpointer.restore(partition.abstract_train_state(model, tx), state_sh)
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore_latest_readable(partition.abstract_train_state(model, tx),
+                                                     state_sh)
+        step = int(jax.device_get(state.step))
         logging.info("resumed from step %d", step)
         return state, checkpointer.restore_data_state(step)
     state = partition.init_state(model, tx, jax.random.key(seed), state_sh)
@@ -82,6 +92,16 @@ def _batches(data, scored_data, runtime, start, data_state, where):
                                      start_step=start)
     return iterator.make_train_iterator(data, runtime.mesh, runtime.batch_sharding(),
                                         start_step=start, saved_state=data_state, where=where)
+
+
+def _flops_per_token(model, ref, seq_len) -> float:
+    """Model FLOPs of one trained token: the student's step plus the reference's forward."""
+    return perf.flops_per_token(model, seq_len) + (
+        perf.forward_flops_per_token(ref.forward, seq_len) if ref else 0.0)
+
+
+def _configs_as_dicts(**configs) -> dict:
+    return {name: dataclasses.asdict(config) for name, config in configs.items()}
 
 
 def _eval_hooks(eval_data, eval_batches, few_shot_eval, evals) -> list:
@@ -112,6 +132,7 @@ def train(run_dir: str = gin.REQUIRED, *,
           evals=(),
           seed: int = 0,
           on_nonfinite: str = "stop",
+          profile: tuple[int, int] | None = None,
           progress: bool = True) -> dict:
     """Trains for `num_steps` (resuming from `run_dir/checkpoints` if present).
 
@@ -131,6 +152,8 @@ def train(run_dir: str = gin.REQUIRED, *,
       on_nonfinite: a NaN/Inf loss or gradient is never applied; "stop" ends the
         run with an error naming the step (the last checkpoint stays the last
         good one), "skip" goes on with the next batch.
+      profile: (first step, number of steps) to trace with jax.profiler into
+        `run_dir/profile/` (TensorBoard's profile plugin, Perfetto).
 
     Returns:
       The last logged train metrics and the final eval metrics ("eval_loss", ...).
@@ -139,6 +162,8 @@ def train(run_dir: str = gin.REQUIRED, *,
     selection, optimizer = selection or SelectionConfig(), optimizer or OptimizerConfig()
     reference, mesh = reference or ReferenceConfig(), mesh or sharding.MeshConfig()
     runtime = Runtime.from_config(mesh)
+    _check_counts(num_steps=num_steps, log_every=log_every, eval_every=eval_every,
+                  eval_batches=eval_batches, grad_accum=grad_accum)
     _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
                   runtime)
     # Bad data paths or tokenizers fail here, before anything in run_dir is touched.
@@ -147,47 +172,50 @@ def train(run_dir: str = gin.REQUIRED, *,
     _prepare_run_dir(run_dir)
     tx, schedule = make_optimizer(optimizer, num_steps)
     state_sh = runtime.state_shardings(model, tx)
-    checkpointer = ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
-                                         checkpoint or ckpt_lib.CheckpointConfig())
-    with runtime.activate():
+    with runtime.activate(), ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
+                                                   checkpoint or ckpt_lib.CheckpointConfig()
+                                                   ) as checkpointer:
         state, data_state = _initial_state(checkpointer, runtime, model, tx, state_sh, seed,
                                            init_checkpoint)
         ref = load_reference(reference, model, runtime) if selection.mode == "slm" else None
         step_fn = partition.jit_train_step(
             make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
                             loss_chunk_size=loss_chunk_size,
-                            reference_model_config=ref.forward if ref else None),
-            state_sh, ref.shardings if ref else None, runtime.mesh,
+                            reference_model_config=ref and ref.forward),
+            state_sh, ref and ref.shardings, runtime.mesh,
             batch_keys=scored.SCORED_KEYS if scored_data else BATCH_KEYS)
         evaluator = train_hooks.Evaluator(
             _eval_hooks(eval_data, eval_batches, few_shot_eval, evals),
             train_hooks.EvalContext(model, data, runtime, loss_chunk_size), eval_every)
         start = int(jax.device_get(state.step))
-        batches = _batches(data, scored_data, runtime, start, data_state,
-                           where=checkpointer.step_dir(start))
+        batches = train_hooks.DataStats(_batches(data, scored_data, runtime, start, data_state,
+                                                 where=checkpointer.step_dir(start)))
         # Written once every checkpoint, reference and data input has loaded, so
         # a run that fails on bad input leaves run_dir as it was.
         write_run_record(run_dir, runtime.mesh, {
             "job": "train", "num_steps": num_steps, "grad_accum": grad_accum,
-            "scored_data": scored_data, **{name: dataclasses.asdict(cfg) for name, cfg in [
-                ("model", model), ("data", data), ("selection", selection), ("reference", reference),
-                ("optimizer", optimizer), ("mesh_config", mesh)]}})
+            "scored_data": scored_data, "reference_dtype": ref and ref.forward.dtype,
+            **_configs_as_dicts(model=model, data=data, selection=selection,
+                                reference=reference, optimizer=optimizer, mesh_config=mesh)})
         logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
                                tokens_per_step=data.global_batch_size * data.seq_len,
-                               name=os.path.basename(os.path.normpath(run_dir)), progress=progress)
-        skipped_docs = train_hooks.SkippedDocuments(batches)
-        preemption = train_hooks.PreemptionWatcher()
+                               name=os.path.basename(os.path.normpath(run_dir)), progress=progress,
+                               flops_per_token=_flops_per_token(model, ref, data.seq_len))
+        preemption = train_hooks.PreemptionWatcher()  # SIGTERM/SIGINT: checkpoint, exit 0
+        profiler = train_hooks.Profiler(os.path.join(run_dir, "profile"), profile)
         summary, last_metrics = {}, None  # metrics checked one step late: the host never stalls
         try:
             for step in range(start, num_steps):
+                profiler.before_step(step)
                 state, metrics = step_fn(state, ref.params if ref else None, next(batches))
                 done = step + 1
+                profiler.after_step(done, metrics)
                 if last_metrics is not None:
                     train_hooks.check_finite(last_metrics, done - 1, on_nonfinite)
                 last_metrics = metrics
                 logger.step_done(done)
                 if done % log_every == 0 or done == num_steps:
-                    summary = logger.log(done, skipped_docs.add_to(metrics))
+                    summary = logger.log(done, batches.add_to(metrics))
                 if evaluator.due(done, num_steps):
                     logger.log(done, evaluator(state.params), prefix="eval_")
                 stop = preemption.reached(checkpointer, done)
@@ -205,8 +233,8 @@ def train(run_dir: str = gin.REQUIRED, *,
                     summary.update({"eval_" + k: v for k, v in final.items()})
                     logger.log(num_steps, final, prefix="eval_")
         finally:
+            profiler.close()
             preemption.close()
-            checkpointer.close()
             logger.close()
     summary["step"] = int(jax.device_get(state.step))
     return summary

@@ -15,6 +15,7 @@ import itertools
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import gin
@@ -95,7 +96,8 @@ def check_finite(metrics, step: int, on_nonfinite: str) -> None:
 
 
 class PreemptionWatcher:
-    """SIGTERM (TPU maintenance, spot reclaim) -> finish the step, checkpoint, exit 0.
+    """SIGTERM (TPU maintenance, spot reclaim) or Ctrl-C (SIGINT) -> finish the step,
+    checkpoint, exit 0; the same command resumes.
 
     Multi-host runs leave SIGTERM to JAX's preemption service (installed by
     jax.distributed.initialize) and ask orbax whether it has seen a preemption
@@ -103,14 +105,16 @@ class PreemptionWatcher:
     would replace JAX's and let one host stop alone.
     """
 
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous = {}
         self._multi_process = jax.process_count() > 1
         if not self._multi_process and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
 
-    def _on_sigterm(self, signum, frame):
+    def _on_signal(self, signum, frame):
         self.requested = True
 
     def reached(self, checkpointer, step: int) -> bool:
@@ -119,18 +123,61 @@ class PreemptionWatcher:
         return self.requested
 
     def close(self):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
-class SkippedDocuments:
-    """Adds `data_skipped_docs` (empty or non-UTF-8 documents dropped so far, all hosts) to
-    logged metrics, with a warning each time the count grows."""
+class Profiler:
+    """A jax.profiler trace of steps [start, start + num_steps) into `directory`
+    (TensorBoard's profile plugin and Perfetto open it); `train.profile = (start, num_steps)`."""
+
+    def __init__(self, directory: str, profile):
+        self.directory = directory
+        self.start, self.stop = (profile[0], profile[0] + profile[1]) if profile else (-1, -1)
+        self.active = False
+
+    def before_step(self, step: int) -> None:
+        if step == self.start:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+
+    def after_step(self, step: int, metrics) -> None:
+        """`step` is the number of steps done; waits for the device before closing."""
+        if self.active and step >= self.stop:
+            jax.block_until_ready(metrics)
+            self.close()
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+            logging.info("profile of steps [%d, %d) written to %s", self.start, self.stop,
+                         self.directory)
+
+
+class DataStats:
+    """The trainer's batches, timed: `next()` passes them through and counts the seconds the
+    host waited for them. `add_to(metrics)` adds `data_wait_s` (waited since the last call)
+    and `data_skipped_docs` (empty or non-UTF-8 documents dropped so far, all hosts; a
+    warning each time the count grows). Other attributes (`state()`) are the batches'."""
 
     def __init__(self, batches):
-        self._batches, self._reported = batches, 0
+        self._batches, self._reported, self._wait = batches, 0, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        start = time.perf_counter()
+        batch = next(self._batches)
+        self._wait += time.perf_counter() - start
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self._batches, name)
 
     def add_to(self, metrics: dict) -> dict:
+        metrics, self._wait = {**metrics, "data_wait_s": self._wait}, 0.0
         count = getattr(self._batches, "skipped_documents", None)
         if count is not None and jax.process_count() > 1:
             from jax.experimental import multihost_utils

@@ -10,6 +10,7 @@ restore the reference model's params alone, read-only, from another run's direct
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import gin
@@ -34,6 +35,10 @@ def _abstract_with_shardings(shardings, abstract_tree):
 
 
 ITEMS = ("params", "opt_state", "meta", "data_state")
+
+
+class CheckpointMismatchError(ValueError):
+    """A readable checkpoint of another model: never a reason to fall back to an older one."""
 
 
 class Checkpointer:
@@ -72,6 +77,31 @@ class Checkpointer:
             items["data_state"] = ocp.args.JsonSave(data_state)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
+    def restore_latest_readable(self, abstract_state: TrainState,
+                                shardings: TrainState) -> TrainState:
+        """The newest checkpoint that reads back whole. An unreadable one (truncated or
+        corrupted files) is moved aside to `<step>.unreadable` with a warning naming it, and
+        the next older one is tried; when none is left the error names the newest."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        for step in steps:
+            try:
+                return self.restore(abstract_state, shardings, step)
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001  (orbax/tensorstore raise plain Exceptions)
+                reason = str(e).splitlines()[0][:200]
+                if step == steps[-1]:
+                    raise ValueError(
+                        f"the checkpoint {self.step_dir(step)} cannot be read ({reason}) and no "
+                        "older one is left; delete the run's checkpoints/ or choose another "
+                        "train.run_dir.") from e
+                aside = self.step_dir(step) + ".unreadable"
+                epath.Path(self.step_dir(step)).rename(aside)
+                logging.warning("the checkpoint %s cannot be read (%s); moved it to %s and "
+                                "resuming from an older one", self.step_dir(step), reason, aside)
+                self._manager.reload()
+        raise ValueError(f"{self.directory} holds no checkpoint to resume from.")
+
     def step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))
 
@@ -86,16 +116,32 @@ class Checkpointer:
                 step: int | None = None) -> TrainState:
         step = self.latest_step() if step is None else step
         target = _abstract_with_shardings(shardings, abstract_state)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(target.params),
-            opt_state=ocp.args.StandardRestore(target.opt_state),
-            meta=ocp.args.JsonRestore()))
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(target.params),
+                opt_state=ocp.args.StandardRestore(target.opt_state),
+                meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError) as e:
+            detail = _shape_mismatch(os.path.join(self.step_dir(step), "params"),
+                                     abstract_state.params)
+            if not (detail and (" on disk but " in detail or " on disk not in " in detail)):
+                raise  # nothing says another model wrote it: an unreadable checkpoint
+            raise CheckpointMismatchError(
+                f"the checkpoint {self.step_dir(step)} was written by another model ({detail}); "
+                "resume it with the run's own ModelConfig (its config.gin) or start a new "
+                "run_dir.") from e
         return TrainState(step=jax.device_put(jax.numpy.int32(restored.meta["step"]), shardings.step),
                            params=restored.params, opt_state=restored.opt_state)
 
     def close(self):
         self._manager.wait_until_finished()
         self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _shape_mismatch(params_dir: str, abstract_params) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import gin
 import jax
@@ -24,11 +25,26 @@ class OptimizerConfig:
     clip_norm: float = 1.0
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise ValueError(f"OptimizerConfig.learning_rate={self.learning_rate} must be > 0; "
-                             "set --gin.OptimizerConfig.learning_rate=8e-5.")
-        if self.warmup_steps < 0 or not 0.0 <= self.end_lr_ratio <= 1.0:
-            raise ValueError("OptimizerConfig.warmup_steps must be >= 0 and end_lr_ratio in [0, 1].")
+        def number(name, low, high, *, low_open=False, high_open=False):
+            value = getattr(self, name)
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                  and math.isfinite(value) and (value > low if low_open else value >= low)
+                  and (value < high if high_open else value <= high))
+            if not ok:
+                bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+                raise ValueError(f"OptimizerConfig.{name}={value!r} must be a finite number in "
+                                 f"{bounds}; set --gin.OptimizerConfig.{name}.")
+        number("learning_rate", 0.0, math.inf, low_open=True, high_open=True)
+        number("end_lr_ratio", 0.0, 1.0)
+        number("b1", 0.0, 1.0, high_open=True)
+        number("b2", 0.0, 1.0, high_open=True)
+        number("eps", 0.0, math.inf, high_open=True)
+        number("weight_decay", 0.0, math.inf, high_open=True)
+        number("clip_norm", 0.0, math.inf, low_open=True, high_open=True)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
+                or self.warmup_steps < 0:
+            raise ValueError(f"OptimizerConfig.warmup_steps={self.warmup_steps!r} must be an int "
+                             ">= 0; set --gin.OptimizerConfig.warmup_steps.")
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:

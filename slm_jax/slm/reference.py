@@ -1,7 +1,7 @@
 """The reference model of SLM: one gin binding for every job that runs it.
 
     ReferenceConfig.checkpoint = 'runs/ref/checkpoints'   # a reference `train` run
-    ReferenceConfig.dtype = 'bfloat16'                     # its forward's compute dtype
+    ReferenceConfig.dtype = 'auto'                         # its forward's compute dtype
     ReferenceConfig.model = @reference/ModelConfig()       # only when it differs from the student
 
 `train` (mode slm), `score`, `analyze` and `bench` read it; `load_reference` restores and
@@ -11,8 +11,13 @@ casts its params once.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
+import time
 
 import gin
+import jax
+import jax.numpy as jnp
 
 from slm_jax import model as model_lib
 
@@ -24,14 +29,20 @@ class ReferenceConfig:
 
     checkpoint: str | None = None          # checkpoints/ of a reference run (or one step's dir)
     model: model_lib.ModelConfig | None = None   # None: the student's ModelConfig
-    dtype: str = "bfloat16"                # params cast to it; matmuls and activations run in it
+    # Params cast to it; matmuls and activations run in it. "auto": bf16 on TPU/GPU and on
+    # CPUs whose bf16 matmuls measure faster than fp32 (AVX512-BF16), fp32 otherwise.
+    dtype: str = "auto"
+
+    @property
+    def resolved_dtype(self) -> str:
+        return fastest_reference_dtype() if self.dtype == "auto" else self.dtype
 
     def model_config(self, student: model_lib.ModelConfig) -> model_lib.ModelConfig:
         return self.model or student
 
     def forward_config(self, student: model_lib.ModelConfig) -> model_lib.ModelConfig:
         """The reference's ModelConfig computing in `dtype` (norms, softmax and loss stay fp32)."""
-        return model_lib.computing_in(self.model_config(student), self.dtype,
+        return model_lib.computing_in(self.model_config(student), self.resolved_dtype,
                                       "ReferenceConfig.dtype")
 
     def check_compatible(self, student: model_lib.ModelConfig) -> None:
@@ -43,6 +54,32 @@ class ReferenceConfig:
                 f"{student.vocab_size}; excess loss compares the two per token, so both need "
                 "the same tokenizer: train the reference with the student's vocabulary (or set "
                 "ReferenceConfig.model's vocab_size to match).")
+
+
+def _matmul_seconds(dtype, n: int = 1024, reps: int = 3) -> float:
+    """Best time of an n^3 matmul in `dtype` accumulating in fp32 (the decoder's form)."""
+    x = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
+    f(x).block_until_ready()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        f(x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+@functools.cache
+def fastest_reference_dtype() -> str:
+    """What ReferenceConfig.dtype = 'auto' means on this machine; decided once per process."""
+    if jax.default_backend() != "cpu":
+        choice, why = "bfloat16", f"{jax.default_backend()} computes in bf16"
+    else:
+        bf16, fp32 = _matmul_seconds(jnp.bfloat16), _matmul_seconds(jnp.float32)
+        choice = "bfloat16" if bf16 < 0.9 * fp32 else "float32"
+        why = f"CPU matmul bf16 {bf16 * 1e3:.1f} ms vs fp32 {fp32 * 1e3:.1f} ms"
+    logging.info("ReferenceConfig.dtype='auto' -> %s (%s)", choice, why)
+    return choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +100,6 @@ def load_reference(config: ReferenceConfig, student: model_lib.ModelConfig,
     forward = config.forward_config(student)
     model = config.model_config(student)
     params = runtime.restore_params(config.checkpoint, model, binding="ReferenceConfig.checkpoint",
-                                    dtype=config.dtype)
+                                    dtype=forward.dtype)
     return LoadedReference(params=params, shardings=runtime.param_shardings(model),
                            forward=forward)

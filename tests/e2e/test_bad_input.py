@@ -67,6 +67,7 @@ def trained(corpus):
     (root / "empty").mkdir()
     (root / "not_spm.model").write_text("this is not a sentencepiece model\n")
     (root / "a_file").write_text("x")
+    (root / "unclosed.gin").write_text("ModelConfig.d_model = 64\nModelConfig.n_layers = (2\n")
     return root
 
 
@@ -109,6 +110,28 @@ CASES = {
          "--gin.ReferenceConfig.model=@reference/ModelConfig()",
          "--gin.reference/ModelConfig.vocab_size=1024"],
         r"reference vocab_size 1024 != student vocab_size 512; .*same tokenizer"),
+    "no steps": (["--gin.train.num_steps=0"],
+                 r"train.num_steps=0 must be an int >= 1; set --gin.train.num_steps"),
+    "steps not a number": (["--gin.train.num_steps=many"],
+                           r"train.num_steps='many' must be an int >= 1"),
+    "learning rate not finite": (["--gin.OptimizerConfig.learning_rate=1e999"],
+                                 r"OptimizerConfig.learning_rate=inf must be a finite number"),
+    "learning rate not a number": (["--gin.OptimizerConfig.learning_rate=fast"],
+                                   r"OptimizerConfig.learning_rate='fast' must be a finite number"),
+    "negative warm-up": (["--gin.OptimizerConfig.warmup_steps=-5"],
+                         r"OptimizerConfig.warmup_steps=-5 must be an int >= 0"),
+    "restart with another model shape": (
+        ["--gin.ModelConfig.d_model=96"],
+        r"the checkpoint .*/run/checkpoints/2 was written by another model \(.* is \(.*\) on disk "
+        r"but \(.*\) in the model.*\); resume it with the run's own ModelConfig"),
+    "restart with other data settings": (
+        ["--gin.DataConfig.seed=5"],
+        r"the data order saved in .*/run/checkpoints/2 was made with other data settings "
+        r"\(seed: 0 -> 5\); restore the DataConfig of that run, or start a new run_dir"),
+    "gin file with an unclosed bracket": (
+        [f"--gin_file={ROOT}/unclosed.gin"],
+        r"--gin_file=.*/unclosed.gin: EOF in multi-line statement at line 3 \(a bracket or string "
+        r"opened above it is never closed\); fix the gin file"),
     "old reference binding": (["--gin.train.reference_checkpoint=/x"],
                               r"train.reference_checkpoint was renamed: bind "
                               r"ReferenceConfig.checkpoint instead"),
