@@ -31,17 +31,25 @@ def forward_flops_per_token(config, seq_len) -> float:
     return flops_per_token(config, seq_len) / 3
 
 
-def measured_matmul_peak(dtype="float32", n=2048, reps=5) -> float:
-    """FLOP/s of a square matmul through XLA: the CPU's practical peak."""
+def matmul_seconds(dtype="float32", n: int = 2048, reps: int = 5,
+                   accumulate_fp32: bool = False) -> float:
+    """Best time of an n^3 matmul through XLA (fp32 results when `accumulate_fp32`, the
+    form the decoder uses for bf16 inputs on CPU)."""
     x = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a: a @ a)
+    result = jnp.float32 if accumulate_fp32 else None
+    f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=result))
     f(x).block_until_ready()
     times = []
     for _ in range(reps):
         t = time.perf_counter()
         f(x).block_until_ready()
         times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times)
+    return min(times)
+
+
+def measured_matmul_peak(dtype="float32", n=2048, reps=5) -> float:
+    """FLOP/s of a square matmul through XLA: the CPU's practical peak."""
+    return 2 * n ** 3 / matmul_seconds(dtype, n, reps)
 
 
 @functools.cache

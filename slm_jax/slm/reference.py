@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import time
 
 import gin
 import jax
@@ -56,17 +55,9 @@ class ReferenceConfig:
                 "ReferenceConfig.model's vocab_size to match).")
 
 
-def _matmul_seconds(dtype, n: int = 1024, reps: int = 3) -> float:
-    """Best time of an n^3 matmul in `dtype` accumulating in fp32 (the decoder's form)."""
-    x = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda a: jnp.matmul(a, a, preferred_element_type=jnp.float32))
-    f(x).block_until_ready()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        f(x).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return min(times)
+def _matmul_seconds(dtype) -> float:
+    from slm_jax.jobs import perf  # the one matmul timer (bench peaks use it too)
+    return perf.matmul_seconds(dtype, n=1024, reps=3, accumulate_fp32=True)
 
 
 @functools.cache
