@@ -1,7 +1,9 @@
-"""`python -m slm_jax.convert`: Hugging Face Llama/Mistral checkpoints <-> orbax checkpoints.
+"""`python -m slm_jax.convert`: Hugging Face checkpoints (Llama/Llama-3.x, Mistral, Qwen2/2.5,
+Qwen3, SmolLM2) <-> orbax checkpoints.
 
     python -m slm_jax.convert hf_to_orbax --hf_dir DIR --out OUT [--no-scan_layers]
-    python -m slm_jax.convert orbax_to_hf --ckpt_dir OUT/checkpoints --out HF [--gin_file F]
+    python -m slm_jax.convert orbax_to_hf --ckpt_dir OUT|RUN_DIR --out HF [--gin_file F]
+    python -m slm_jax.convert gguf_to_hf --gguf FILE.gguf --out DIR   (needs torch, transformers)
 
 The conversion itself is slm_jax/hf/. See docs/convert.md.
 """
@@ -20,7 +22,7 @@ from slm_jax.hf.mapping import model_config_from_gin
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m slm_jax.convert", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("hf_to_orbax", help="HF Llama/Mistral safetensors -> orbax checkpoint")
+    a = sub.add_parser("hf_to_orbax", help="HF safetensors directory -> orbax checkpoint")
     a.add_argument("--hf_dir", required=True)
     a.add_argument("--out", required=True)
     a.add_argument("--scan_layers", action=argparse.BooleanOptionalAction, default=True,
@@ -28,16 +30,24 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--param_dtype", default="float32")
     a.add_argument("--max_seq_len", type=int, default=None,
                    help="ModelConfig.max_seq_len (default: max_position_embeddings)")
-    b = sub.add_parser("orbax_to_hf", help="orbax checkpoint -> HF LlamaForCausalLM directory")
-    b.add_argument("--ckpt_dir", required=True, help="checkpoints/ dir or one step's dir")
+    b = sub.add_parser("orbax_to_hf", help="orbax checkpoint -> HF directory (weights, config, "
+                       "generation config, tokenizer)")
+    b.add_argument("--ckpt_dir", required=True, help="hf_to_orbax's OUT, a train run_dir, "
+                   "their checkpoints/ dir, or one step's dir")
     b.add_argument("--out", required=True)
     b.add_argument("--gin_file", action="append", default=None,
                    help="ModelConfig gin (default: model.gin/config.gin beside the checkpoints)")
     b.add_argument("--gin", action="append", default=[], help="extra binding, e.g. "
                    "ModelConfig.scan_layers=True")
-    b.add_argument("--tokenizer", default=None, help="tokenizer.model to copy beside")
+    b.add_argument("--tokenizer", default=None, help="tokenizer.json, .model or a directory "
+                   "of tokenizer files (default: the run's DataConfig.vocab_path, else the "
+                   "source model's files)")
     b.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     b.add_argument("--max_shard_size", default="2GB")
+    c = sub.add_parser("gguf_to_hf", help="GGUF file -> HF directory (dequantized fp32), "
+                       "the input of hf_to_orbax")
+    c.add_argument("--gguf", required=True)
+    c.add_argument("--out", required=True)
     return parser
 
 
@@ -51,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {os.path.join(out, CHECKPOINT_SUBDIR)} ({cfg.n_layers} layers) and "
                   f"{os.path.join(out, 'model.gin')}; use --gin_file={out}/model.gin "
                   f"--gin.train.init_checkpoint={out}/{CHECKPOINT_SUBDIR}")
+        elif args.command == "gguf_to_hf":
+            from slm_jax.hf.gguf import gguf_to_hf
+            print(f"wrote {gguf_to_hf(args.gguf, args.out)}; next: python -m slm_jax.convert "
+                  f"hf_to_orbax --hf_dir {args.out} --out OUT")
         else:
             gin_files = args.gin_file or find_model_gin(args.ckpt_dir)
             cfg = model_config_from_gin(gin_files, args.gin)
             orbax_to_hf(args.ckpt_dir, args.out, cfg, dtype=args.dtype,
                         max_shard_size=args.max_shard_size, tokenizer=args.tokenizer)
-            print(f"wrote {os.path.abspath(args.out)} (LlamaForCausalLM, {args.dtype})")
+            print(f"wrote {os.path.abspath(args.out)} ({args.dtype})")
     except (ValueError, OSError) as e:
         return cli_errors.report("slm_jax.convert", e)
     return 0

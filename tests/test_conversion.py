@@ -35,7 +35,23 @@ CASES = {
     "mistral_gqa_untied": (dict(num_attention_heads=4, num_key_value_heads=2,
                                 rope_theta=10000.0, tie_word_embeddings=False,
                                 sliding_window=None), "mistral", {}, False),
+    # Llama-3.x: with original context 16, the test positions reach all three frequency
+    # bands (kept, interpolated, divided by the factor).
+    "llama3_rope_scaling": (dict(num_attention_heads=4, num_key_value_heads=2,
+                                 head_dim=8, tie_word_embeddings=True,
+                                 rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0,
+                                                  "factor": 8.0, "low_freq_factor": 1.0,
+                                                  "high_freq_factor": 4.0,
+                                                  "original_max_position_embeddings": 16}),
+                            "llama", {}, True),
+    "qwen2_qkv_bias": (dict(num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6,
+                            tie_word_embeddings=True, use_sliding_window=False),
+                       "qwen2", {}, True),
+    "qwen3_qk_norm_headdim": (dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                   rope_theta=1e6, tie_word_embeddings=False,
+                                   use_sliding_window=False), "qwen3", {}, False),
 }
+HF_CLASSES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +66,9 @@ def parity_report():
 
 def make_hf_model(overrides, arch, seed=0):
     torch.manual_seed(seed)
-    if arch == "mistral":
-        config = transformers.MistralConfig(**BASE, **overrides)
-        model = transformers.MistralForCausalLM(config)
-    else:
-        config = transformers.LlamaConfig(**BASE, **overrides)
-        model = transformers.LlamaForCausalLM(config)
+    family = HF_CLASSES[arch]
+    config = getattr(transformers, f"{family}Config")(**BASE, **overrides)
+    model = getattr(transformers, f"{family}ForCausalLM")(config)
     model.config._attn_implementation = "eager"
     with torch.no_grad():   # larger than the 0.02 init, and non-trivial norms, so errors show
         for name, p in model.named_parameters():
@@ -86,7 +99,6 @@ def converted(request, tmp_path_factory):
     model = make_hf_model(overrides, arch, seed=list(CASES).index(name))
     hf_dir, out = str(root / "hf"), str(root / "orbax")
     model.save_pretrained(hf_dir, **save_kwargs)
-    (root / "hf" / "tokenizer.model").write_bytes(b"sp-model-bytes")
     flag = "--scan_layers" if scan else "--no-scan_layers"
     assert convert_cli.main(["hf_to_orbax", "--hf_dir", hf_dir, "--out", out, flag]) == 0
     # The gin file written beside the checkpoint is the config a run would use.
@@ -125,17 +137,20 @@ def test_logits_match_transformers(converted, parity_report):
 
 
 def test_export_roundtrip(converted):
-    _, model, _, out, root = converted
+    """orbax_to_hf on hf_to_orbax's OUT gives back the family, config and exact logits."""
+    name, model, _, out, root = converted
     hf_out = str(root / "exported")
-    argv = ["orbax_to_hf", "--ckpt_dir", os.path.join(out, "checkpoints"), "--out", hf_out,
-            "--tokenizer", os.path.join(out, "tokenizer.model"), "--max_shard_size", "30KB"]
-    assert convert_cli.main(argv) == 0   # finds OUT/model.gin by itself
-    reloaded = transformers.LlamaForCausalLM.from_pretrained(
+    argv = ["orbax_to_hf", "--ckpt_dir", out, "--out", hf_out, "--max_shard_size", "30KB"]
+    assert convert_cli.main(argv) == 0   # finds OUT/model.gin and OUT/config.json by itself
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
         hf_out, attn_implementation="eager").eval()
-    assert reloaded.dtype == torch.float32
+    assert type(reloaded) is type(model) and reloaded.dtype == torch.float32
+    exported = json.loads((root / "exported" / "config.json").read_text())
+    assert exported["transformers_version"] == transformers.__version__
+    assert exported["torch_dtype"] == "float32"
+    assert os.path.exists(os.path.join(hf_out, "generation_config.json"))
     tokens = np.random.RandomState(2).randint(0, model.config.vocab_size, (2, 20))
     np.testing.assert_array_equal(torch_logits(reloaded, tokens), torch_logits(model, tokens))
-    assert os.path.exists(os.path.join(hf_out, "tokenizer.model"))
 
 
 # --- errors name the tensor or setting --------------------------------------------------

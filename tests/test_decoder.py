@@ -47,8 +47,13 @@ def tiny():
     return config, model.init_params(config, jax.random.key(0))
 
 
+# The counts the model cards publish (HF `num_parameters()` of the released checkpoints).
 @pytest.mark.parametrize("name,expected", [("tinyllama_1b", 1_100_048_384),
-                                           ("mistral_7b", 7_241_732_096)])
+                                           ("mistral_7b", 7_241_732_096),
+                                           ("smollm2_135m", 134_515_008),
+                                           ("qwen2_5_1_5b", 1_543_714_304),
+                                           ("llama3_2_1b", 1_235_814_400),
+                                           ("qwen3_0_6b", 596_049_920)])
 def test_count_params_exact_without_allocating(name, expected):
     config = load_config(name)
     live_before = sum(a.nbytes for a in jax.live_arrays())

@@ -2,8 +2,9 @@
 name and shape mapping is slm_jax/hf/mapping.py, the command line slm_jax/convert.py).
 
 `hf_to_orbax` writes `OUT/checkpoints/0/{params,meta}` (what `train.init_checkpoint` and
-`ReferenceConfig.checkpoint` load), `OUT/model.gin` (the ModelConfig bindings) and
-`OUT/tokenizer.model` when the HF directory has one. Safetensors files are read one tensor
+`ReferenceConfig.checkpoint` load), `OUT/model.gin` (the ModelConfig bindings) and keeps
+the HF directory's config, generation config and tokenizer files in `OUT` (so `OUT` is a
+`DataConfig.vocab_path`, and `orbax_to_hf` gives them back: slm_jax/hf/hub_files.py). Safetensors files are read one tensor
 at a time into preallocated parameter arrays, so the host holds about one copy of the
 params (in `param_dtype`) plus one tensor. See docs/convert.md.
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for BF16 safetensors)
 import numpy as np
 
+from slm_jax.hf import hub_files
 from slm_jax.hf.mapping import (ConversionError, Entry, check_map_covers_model, flax_to_hf,
                                 hf_config_from_model, hf_to_flax, leaf_shapes,
                                 model_config_from_gin, model_config_from_hf, model_gin, param_map)
@@ -47,13 +48,18 @@ def _safetensors_files(hf_dir: str) -> list[str]:
 
 
 def _tensor_index(files: list[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """name -> (file, shape), from the safetensors headers only."""
-    from safetensors import safe_open
+    """name -> (file, shape), from the safetensors headers only; a truncated or damaged
+    file is refused here, before anything is written."""
+    from safetensors import SafetensorError, safe_open
     index = {}
     for path in files:
-        with safe_open(path, framework="numpy") as f:
-            for name in f.keys():
-                index[name] = (path, tuple(f.get_slice(name).get_shape()))
+        try:
+            with safe_open(path, framework="numpy") as f:
+                for name in f.keys():
+                    index[name] = (path, tuple(f.get_slice(name).get_shape()))
+        except SafetensorError as e:
+            raise ConversionError(f"{path} is not a readable safetensors file ({e}); it is "
+                                  "truncated or damaged, download it again") from e
     return index
 
 
@@ -138,7 +144,8 @@ def save_params(params, ckpt_dir: str, meta: dict):
 
 def hf_to_orbax(hf_dir: str, out: str, *, scan_layers: bool = True,
                 param_dtype: str = "float32", max_seq_len: int | None = None):
-    """Converts an HF Llama/Mistral directory; returns the ModelConfig written to model.gin."""
+    """Converts an HF directory of a supported family (slm_jax/hf/mapping.py FAMILIES);
+    returns the ModelConfig written to model.gin."""
     hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
@@ -153,14 +160,13 @@ def hf_to_orbax(hf_dir: str, out: str, *, scan_layers: bool = True,
         raise ConversionError(f"{ckpt_dir} already holds checkpoints; choose an empty --out")
     params = read_hf_params(hf_dir, cfg)
     os.makedirs(out, exist_ok=True)
-    save_params(params, ckpt_dir, {"source": hf_dir, "architectures": hf.get("architectures")})
+    save_params(params, ckpt_dir, {"source": hf_dir, "architectures": hf.get("architectures"),
+                                   "model_type": hf.get("model_type", "llama")})
     del params
     with open(os.path.join(out, "model.gin"), "w") as f:
         f.write(model_gin(cfg, f"Converted from {hf_dir} ({hf['architectures'][0]}) by "
                                "slm_jax.convert hf_to_orbax."))
-    tokenizer = os.path.join(hf_dir, "tokenizer.model")
-    if os.path.exists(tokenizer):
-        shutil.copy(tokenizer, os.path.join(out, "tokenizer.model"))
+    hub_files.keep_hub_files(hf_dir, out)
     return cfg
 
 
@@ -187,8 +193,10 @@ def find_model_gin(ckpt_dir: str) -> list[str]:
 
 
 def write_hf(params, cfg, out: str, *, dtype: str = "float32", max_shard_size="2GB",
-             tokenizer: str | None = None):
-    """Writes `params` as HF safetensors shards + config.json, one shard in memory at a time."""
+             tokenizer: str | None = None, source_dir: str | None = None):
+    """Writes `params` as HF safetensors shards, one shard in memory at a time, with
+    config.json, generation_config.json and tokenizer files (from `source_dir`, the
+    model's original HF files, and `tokenizer`)."""
     from safetensors.numpy import save_file
 
     np_dtype = np.dtype(dtype)
@@ -232,17 +240,18 @@ def write_hf(params, cfg, out: str, *, dtype: str = "float32", max_shard_size="2
         with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total_bytes}, "weight_map": weight_map}, f,
                       indent=2)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(hf_config_from_model(cfg, dtype), f, indent=2)
-    if tokenizer:
-        if not os.path.exists(tokenizer):
-            raise ConversionError(f"--tokenizer {tokenizer} does not exist")
-        shutil.copy(tokenizer, os.path.join(out, "tokenizer.model"))
+    source = None
+    if source_dir and os.path.exists(os.path.join(source_dir, "config.json")):
+        with open(os.path.join(source_dir, "config.json")) as f:
+            source = json.load(f)
+    hub_files.write_hub_files(out, hf_config_from_model(cfg, dtype, source), source_dir,
+                              tokenizer)
 
 
 def orbax_to_hf(ckpt_dir: str, out: str, cfg=None, *, gin_files: list[str] | None = None,
                 dtype: str = "float32", max_shard_size="2GB", tokenizer: str | None = None):
-    """Restores the params of the latest checkpoint in `ckpt_dir` and writes an HF directory."""
+    """Restores the params of the latest checkpoint in `ckpt_dir` (OUT of hf_to_orbax, its
+    checkpoints/, a train run_dir or one step) and writes an HF directory."""
     import jax
     from slm_jax.parallel import checkpoint as ckpt_lib
     from slm_jax import model as model_lib
@@ -253,5 +262,7 @@ def orbax_to_hf(ckpt_dir: str, out: str, cfg=None, *, gin_files: list[str] | Non
     device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     params = ckpt_lib.restore_params(ckpt_dir, abstract, jax.tree.map(lambda _: device, abstract),
                                      binding="--ckpt_dir")
-    write_hf(params, cfg, out, dtype=dtype, max_shard_size=max_shard_size, tokenizer=tokenizer)
+    write_hf(params, cfg, out, dtype=dtype, max_shard_size=max_shard_size,
+             tokenizer=tokenizer or hub_files.run_tokenizer(ckpt_dir),
+             source_dir=hub_files.find_source_dir(ckpt_dir))
     return cfg

@@ -10,6 +10,7 @@ import gin
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots")
+ROPE_TYPES = ("default", "llama3")
 ATTENTION_BACKENDS = ("auto", "xla", "dot_product_attention", "splash")
 
 # Logical activation layouts; mapped to mesh axes only when nn.logical_axis_rules are active.
@@ -39,6 +40,14 @@ class ModelConfig:
     head_dim: int | None = None
     mlp_dim: int = 5632
     rope_theta: float = 10000.0
+    # RoPE frequency scaling: "llama3" is Llama-3.1/3.2's (HF rope_type "llama3").
+    rope_type: str = "default"
+    rope_factor: float = 1.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_len: int = 8192
+    qkv_bias: bool = False      # Qwen2/2.5: biases on the q, k, v projections
+    qk_norm: bool = False       # Qwen3: RMSNorm over head_dim of q and k, before RoPE
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
     max_seq_len: int = 2048
@@ -83,6 +92,18 @@ class ModelConfig:
             if parsed is None or not jnp.issubdtype(parsed, jnp.floating):
                 raise ValueError(f"ModelConfig.{field}={value!r} is not a floating dtype name; set "
                                  f"--gin.ModelConfig.{field} to e.g. 'bfloat16' or 'float32'")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"ModelConfig.rope_type={self.rope_type!r} is not one of "
+                             f"{ROPE_TYPES}; set --gin.ModelConfig.rope_type to one of them")
+        if self.rope_type == "llama3" and not (
+                self.rope_factor >= 1 and self.rope_high_freq_factor > self.rope_low_freq_factor > 0
+                and self.rope_original_max_len > 0):
+            raise ValueError(
+                f"ModelConfig rope_type='llama3' needs rope_factor >= 1 (got {self.rope_factor}), "
+                f"rope_high_freq_factor > rope_low_freq_factor > 0 (got "
+                f"{self.rope_high_freq_factor}, {self.rope_low_freq_factor}) and "
+                f"rope_original_max_len > 0 (got {self.rope_original_max_len}); fix the "
+                "--gin.ModelConfig.rope_* bindings")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(f"ModelConfig.rope_theta={self.rope_theta} and ModelConfig.norm_eps="
                              f"{self.norm_eps} must be positive; fix the --gin.ModelConfig binding")

@@ -37,6 +37,13 @@ def _weight(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[s
     return jnp.asarray(w, config.compute_dtype)
 
 
+def _bias(module: nn.Module, name: str, shape: tuple[int, ...], names: tuple[str, ...],
+          config: ModelConfig) -> jax.Array:
+    """A zero-initialised bias with logical axis names, cast to the compute dtype."""
+    init = nn.with_logical_partitioning(nn.initializers.zeros, names)
+    return jnp.asarray(module.param(name, init, shape, config.params_dtype), config.compute_dtype)
+
+
 class RMSNorm(nn.Module):
     """Root-mean-square norm; statistics in fp32 because bf16 sums of squares lose precision."""
 
@@ -52,9 +59,29 @@ class RMSNorm(nn.Module):
         return (normed_BTD * scale_D.astype(jnp.float32)).astype(self.config.compute_dtype)
 
 
-def rope_cos_sin(positions_BT: jax.Array, head_dim: int, theta: float):
+def rope_inv_freq(config: ModelConfig) -> jax.Array:
+    """RoPE inverse frequencies [head_dim / 2], with Llama-3's scaling when configured.
+
+    llama3 scaling divides the low frequencies (wavelength > original context / low
+    factor) by `rope_factor`, keeps the high ones, and interpolates smoothly between.
+    """
+    head_dim = config.resolved_head_dim
+    inv_freq_F = 1.0 / (config.rope_theta
+                        ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if config.rope_type == "default":
+        return inv_freq_F
+    original, factor = config.rope_original_max_len, config.rope_factor
+    low, high = config.rope_low_freq_factor, config.rope_high_freq_factor
+    wavelen_F = 2 * math.pi / inv_freq_F
+    smooth_F = (original / wavelen_F - low) / (high - low)
+    interpolated_F = (1 - smooth_F) * inv_freq_F / factor + smooth_F * inv_freq_F
+    scaled_F = jnp.where(wavelen_F > original / low, inv_freq_F / factor, inv_freq_F)
+    is_medium_F = (wavelen_F >= original / high) & (wavelen_F <= original / low)
+    return jnp.where(is_medium_F, interpolated_F, scaled_F)
+
+
+def rope_cos_sin(positions_BT: jax.Array, inv_freq_F: jax.Array):
     """cos/sin tables [B, T, head_dim] in the Hugging Face Llama (non-interleaved) layout."""
-    inv_freq_F = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
     freqs_BTF = positions_BT.astype(jnp.float32)[..., None] * inv_freq_F
     angles_BTK = jnp.concatenate([freqs_BTF, freqs_BTF], axis=-1)
     return jnp.cos(angles_BTK), jnp.sin(angles_BTK)
@@ -111,11 +138,18 @@ class Attention(nn.Module):
         q_BTHK = project(x_BTD, wq_DHK)
         k_BSNK = project(x_BTD, wk_DNK)
         v_BSNK = project(x_BTD, wv_DNK)
+        if cfg.qkv_bias:
+            q_BTHK = q_BTHK + _bias(self, "q_bias", (h, k), ("q_heads", "head_dim"), cfg)
+            k_BSNK = k_BSNK + _bias(self, "k_bias", (kv, k), ("kv_heads", "head_dim"), cfg)
+            v_BSNK = v_BSNK + _bias(self, "v_bias", (kv, k), ("kv_heads", "head_dim"), cfg)
+        if cfg.qk_norm:
+            q_BTHK = RMSNorm(cfg, name="q_norm")(q_BTHK)
+            k_BSNK = RMSNorm(cfg, name="k_norm")(k_BSNK)
         q_BTHK = nn.with_logical_constraint(q_BTHK, LAYOUT_BTHK)
         k_BSNK = nn.with_logical_constraint(k_BSNK, LAYOUT_BTNK)
         v_BSNK = nn.with_logical_constraint(v_BSNK, LAYOUT_BTNK)
 
-        cos_BTK, sin_BTK = rope_cos_sin(positions_BT, k, cfg.rope_theta)
+        cos_BTK, sin_BTK = rope_cos_sin(positions_BT, rope_inv_freq(cfg))
         q_BTHK = apply_rope(q_BTHK, cos_BTK, sin_BTK)
         k_BSNK = apply_rope(k_BSNK, cos_BTK, sin_BTK)
 

@@ -168,10 +168,14 @@ def _shape_mismatch(params_dir: str, abstract_params) -> str | None:
 def restore_params(path: str, abstract_params, shardings, *, binding: str):
     """Params of the latest checkpoint under `path`, read-only (e.g. the reference model).
 
-    `path` is a run's checkpoint directory (holding numbered steps) or one
-    step's directory. Errors name `binding`, the gin setting that gave `path`.
+    `path` is a run's checkpoint directory (holding numbered steps), one step's
+    directory, or a directory holding `checkpoints/` (a run_dir, or what
+    `slm_jax.convert hf_to_orbax --out` wrote). Errors name `binding`, the gin
+    setting that gave `path`.
     """
     path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        path = os.path.join(path, "checkpoints")
     if not os.path.isdir(path):
         raise ValueError(f"{binding}={path!r} does not exist; point it at a checkpoint "
                          "directory written by a `train` run (<run_dir>/checkpoints).")
