@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from slm_jax import cli_errors
+from slm_jax import cli_errors, console
 from slm_jax.hf.conversion import (CHECKPOINT_SUBDIR, find_model_gin, hf_to_orbax,
                                    orbax_to_hf)
 from slm_jax.hf.mapping import model_config_from_gin
@@ -53,14 +53,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    console.setup()
     try:
         if args.command == "hf_to_orbax":
             cfg = hf_to_orbax(args.hf_dir, args.out, scan_layers=args.scan_layers,
                               param_dtype=args.param_dtype, max_seq_len=args.max_seq_len)
             out = os.path.abspath(args.out)
+            tokenizer = next((f"{out}/{name}" if name.endswith(".model") else out
+                              for name in ("tokenizer.json", "tokenizer.model")
+                              if os.path.exists(os.path.join(out, name))), None)
             print(f"wrote {os.path.join(out, CHECKPOINT_SUBDIR)} ({cfg.n_layers} layers) and "
                   f"{os.path.join(out, 'model.gin')}; use --gin_file={out}/model.gin "
-                  f"--gin.train.init_checkpoint={out}/{CHECKPOINT_SUBDIR}")
+                  f"--gin.train.init_checkpoint={out}"
+                  + (f" --gin.DataConfig.vocab_path={tokenizer}" if tokenizer else ""))
         elif args.command == "gguf_to_hf":
             from slm_jax.hf.gguf import gguf_to_hf
             print(f"wrote {gguf_to_hf(args.gguf, args.out)}; next: python -m slm_jax.convert "

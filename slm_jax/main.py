@@ -16,7 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import gin  # noqa: E402
 
-from slm_jax import cli_errors  # noqa: E402
+from slm_jax import cli_errors, console  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "gin/demo.gin"
@@ -115,6 +115,7 @@ def _unreadable_gin(files: list[str], bindings: list[str], err: tokenize.TokenEr
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    console.setup()
     try:
         import slm_jax.jobs.registry  # noqa: F401  (configurables first, so flags can reference them)
         files, bindings = parse_flags(argv)

@@ -1,11 +1,17 @@
 """Config checks shared by the jobs (slm_jax/jobs/checks.py), each naming the binding to change."""
 
+import os
+import shutil
+
 import pytest
+from tokenizers import Tokenizer
 
 from slm_jax import model as model_lib
+from slm_jax.data import tokenizer
 from slm_jax.data.pipeline import DataConfig
 from slm_jax.jobs import checks
 from slm_jax.parallel.runtime import Runtime
+from slm_jax.slm.reference import ReferenceConfig
 
 SMALL = model_lib.ModelConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1,
                               mlp_dim=32, max_seq_len=64)
@@ -37,3 +43,48 @@ def test_batch_must_split_over_data_parallel_devices_per_micro_batch():
     with pytest.raises(ValueError, match=r"global_batch_size=12\) is not divisible by the "
                                          r"data-parallel size 8"):
         checks.check_batch(data(global_batch_size=12), runtime)
+
+
+# --------------------------------------------------------------------------
+# Tokenizers: they fit the model, and the reference reads the student's tokens.
+
+
+@pytest.fixture(scope="module")
+def hf_dirs(tmp_path_factory):
+    from tests.test_hf_tokenizer import write_hf_tokenizer
+    root = tmp_path_factory.mktemp("tokenizers")
+    texts = ["x = 3 + 4 = 7! So x is 7.", "The train leaves at 12:30 and arrives at 14:05."] * 20
+    return {shape: write_hf_tokenizer(root / shape, texts, shape, vocab_size=300)
+            for shape in ("qwen", "llama3")}
+
+
+def test_tokenizer_must_fit_the_model(hf_dirs):
+    vocabulary = tokenizer.load_vocabulary(hf_dirs["qwen"])
+    assert SMALL.vocab_size < vocabulary.vocab_size < 512
+    checks.check_vocab_fits_model(vocabulary, model_lib.ModelConfig(**{**SMALL.__dict__,
+                                                                     "vocab_size": 512}))
+    n = vocabulary.vocab_size
+    with pytest.raises(ValueError, match=rf"DataConfig.vocab_path=.*qwen' has {n} tokens \(ids up "
+                                         rf"to {n - 1}\), more than ModelConfig.vocab_size=64; set "
+                                         rf"--gin.ModelConfig.vocab_size to at least {n}"):
+        checks.check_tokenizers(data(vocab_path=hf_dirs["qwen"]), SMALL)
+
+
+def test_reference_tokenizer_must_be_the_students(hf_dirs, tmp_path):
+    big = model_lib.ModelConfig(**{**SMALL.__dict__, "vocab_size": 512})
+    student = data(vocab_path=hf_dirs["qwen"])
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    # The same tokens in other bytes: re-serialised without indentation.
+    Tokenizer.from_file(os.path.join(hf_dirs["qwen"], "tokenizer.json")).save(
+        str(copy / "tokenizer.json"), pretty=False)
+    shutil.copy(os.path.join(hf_dirs["qwen"], "tokenizer_config.json"), copy)
+    fingerprints = {tokenizer.load_vocabulary(p).fingerprint for p in (str(copy), hf_dirs["qwen"])}
+    assert len(fingerprints) == 2
+    checks.check_tokenizers(student, big, ReferenceConfig(vocab_path=str(copy)))
+    checks.check_tokenizers(student, big, ReferenceConfig())
+    other = ReferenceConfig(vocab_path=hf_dirs["llama3"])
+    checks.check_tokenizers(student, big, None)  # what a job that runs no reference passes
+    with pytest.raises(ValueError, match=r"ReferenceConfig.vocab_path=.*llama3' is another "
+                                         r"tokenizer than DataConfig.vocab_path=.*qwen'"):
+        checks.check_tokenizers(student, big, other)

@@ -187,6 +187,97 @@ def test_shuffled_stream_is_deterministic_in_seed(corpus, model_path):
 
 
 # --------------------------------------------------------------------------
+# Hugging Face tokenizers: id 0 is a real token (SmolLM2's EOS, Qwen's "!").
+
+
+EXCLAIM = ["Wow!", "!", "a!b!! c!!!", "x = 3! = 6!"]  # "!" is id 0 in the qwen/llama3 shapes
+
+
+def _reference_packing(documents, row_len):
+    """seqio's packer in plain python: chunks of at most ``row_len`` tokens, packed next-fit
+    into rows of ``row_len``, independently per block of ``row_len`` chunks."""
+    chunks = [doc[i:i + row_len] for doc in documents for i in range(0, len(doc), row_len)]
+    rows = []
+    for start in range(0, len(chunks), row_len):
+        row = []
+        for chunk in chunks[start:start + row_len]:
+            if sum(map(len, row)) + len(chunk) > row_len:
+                rows.append(row)
+                row = []
+            row.append(chunk)
+        rows.append(row)
+    return rows
+
+
+def _reference_batches(rows, row_len, batch_size):
+    """The LM batches of packed rows, built token by token."""
+    rows = rows + [[]] * (-len(rows) % batch_size)
+    batches = []
+    for first in range(0, len(rows), batch_size):
+        batch = {key: np.zeros((batch_size, row_len - 1), np.int32) for key in BATCH_KEYS}
+        batch["loss_weights"] = batch["loss_weights"].astype(np.float32)
+        for r, row in enumerate(rows[first:first + batch_size]):
+            tokens = [t for chunk in row for t in chunk] + [0] * row_len
+            segment = [s + 1 for s, chunk in enumerate(row) for _ in chunk] + [0] * row_len
+            position = [p for chunk in row for p in range(len(chunk))] + [0] * row_len
+            for t in range(row_len - 1):
+                batch["inputs"][r, t], batch["targets"][r, t] = tokens[t], tokens[t + 1]
+                batch["segment_ids"][r, t], batch["positions"][r, t] = segment[t], position[t]
+                batch["loss_weights"][r, t] = segment[t + 1] == segment[t] > 0
+        batches.append(batch)
+    return batches
+
+
+@pytest.fixture(scope="module")
+def hf_texts_file(corpus):
+    texts = _texts(corpus.jsonl["clean"])[:3] + EXCLAIM
+    path = os.path.join(corpus.root, "hf_texts.tfrecord")
+    tasks.write_text_tfrecord(texts, path)
+    return path, texts
+
+
+@pytest.mark.parametrize("shape", ["smollm2", "qwen", "llama3"])
+def test_hf_tokenizer_batches_equal_a_python_reference(corpus, hf_texts_file, tmp_path, shape):
+    from tests.test_hf_tokenizer import write_hf_tokenizer
+    from tokenizers import Tokenizer
+    directory = write_hf_tokenizer(tmp_path / shape, _texts(corpus.jsonl["web"]), shape)
+    path, texts = hf_texts_file
+    own = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
+    eos = own.token_to_id("<|endoftext|>")
+    # What the tokenizer itself adds in front (Llama-3's BOS; nothing for the others) + EOS.
+    documents = [own.encode(text, add_special_tokens=True).ids + [eos] for text in texts]
+    assert any(0 in doc[:-1] for doc in documents) == (shape != "smollm2")
+    assert all(doc[-1] == 0 for doc in documents) == (shape == "smollm2")
+    config = _config(path, directory, seq_len=24, global_batch_size=2)
+    want = _reference_batches(_reference_packing(documents, 25), 25, 2)
+    got = list(pipeline.host_batches(config, repeat=False))
+    assert len(got) == len(want) > 3
+    for g, w in zip(got, want):
+        for key in BATCH_KEYS:
+            np.testing.assert_array_equal(g[key], w[key], err_msg=key)
+
+
+def test_hf_stream_resumes_exactly_with_eos_at_id_0(corpus, hf_texts_file, tmp_path):
+    # The resume cursor counts documents by the EOS ending a chunk: here EOS is id 0.
+    from tests.test_hf_tokenizer import write_hf_tokenizer
+    directory = write_hf_tokenizer(tmp_path / "smollm2", _texts(corpus.jsonl["web"]))
+    config = _config(hf_texts_file[0], directory, seq_len=24, global_batch_size=2)
+    run = pipeline.stream_set(config, [0])
+    assert run.fingerprint["vocabulary"] == tokenizer.load_vocabulary(directory).fingerprint
+    batches, states = [], []
+    for _ in range(24):  # several packing blocks of 25 chunks, and a second epoch
+        states.append(json.loads(json.dumps(run.state())))
+        batches.append(next(run))
+    for step in (5, 13, 22):
+        resumed = pipeline.stream_set(config, [0])
+        resumed.restore_state(states[step], where="test")
+        for want in batches[step:step + 2]:
+            got = next(resumed)
+            for key in BATCH_KEYS:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{step} {key}")
+
+
+# --------------------------------------------------------------------------
 # Sharding.
 
 

@@ -13,7 +13,9 @@ so no prediction crosses a document boundary and padding (segment 0) never
 counts. A document longer than a row continues in the next chunk: that
 chunk has no BOS, its positions restart at 0, and it is packed right after.
 seqio's own decoder shift is not used: it writes id 0 at segment starts,
-which is a real token (unk) in Llama-style vocabularies.
+which is a real token (unk) in Llama-style vocabularies, and in byte-level BPE
+ones (SmolLM2's <|endoftext|>, Qwen's "!"); ids are offset by one while
+packing for the same reason (``_shift_ids``).
 
 Data order (streams.py): the global batch at step ``s`` is a pure function
 of the seed, ``s`` and the data -- ``DataConfig.num_streams`` streams, each
@@ -54,7 +56,8 @@ class DataConfig:
     """Where the training text lives and how it is cut into batches."""
 
     file_pattern: str = _REQUIRED  # TFRecord files of tf.train.Example{text} (source "files")
-    vocab_path: str = _REQUIRED  # SentencePiece .model
+    # SentencePiece .model, or a Hugging Face tokenizer.json or its directory (tokenizer.py)
+    vocab_path: str = _REQUIRED
     seq_len: int = 2048
     global_batch_size: int = 8  # sequences per global batch (all hosts together)
     seed: int = 0
@@ -289,7 +292,7 @@ def _order_fingerprint(config: DataConfig, task: seqio.Task) -> dict:
     else:
         inputs = config._inputs()
     vocabulary = task.output_features["targets"].vocabulary
-    return {"inputs": inputs, "vocabulary": hashlib.sha1(vocabulary.sp_model).hexdigest()[:16],
+    return {"inputs": inputs, "vocabulary": vocabulary.fingerprint,
             **{k: getattr(config, k) for k in ("seq_len", "global_batch_size", "num_streams",
                                                "seed", "shuffle", "shuffle_buffer")}}
 

@@ -77,6 +77,10 @@ def _prepend_bos(dataset: tf.data.Dataset, bos_id: int) -> tf.data.Dataset:
 def text_preprocessors(vocabulary, text_key: str = TEXT_FEATURE, add_bos: bool = True) -> list:
     """Tokenise ``text_key`` into ``targets``, prepend BOS (when the model has one), append EOS.
 
+    ``vocabulary.bos_id`` is None when there is no BOS to prepend: a SentencePiece model
+    without a bos piece, or a Hugging Face tokenizer that does not add one itself
+    (hf_tokenizer.py). Tokenising adds no special tokens of its own.
+
     append_eos, not append_eos_after_trim: long documents are chunked later rather than
     truncated. Every source (files or TFDS) tokenises through these same steps.
     """

@@ -1,4 +1,11 @@
-"""SentencePiece training and a seqio vocabulary that copes with Llama-style ids.
+"""SentencePiece training, and loading a tokenizer as a seqio vocabulary that copes with
+Llama-style ids.
+
+``load_vocabulary`` reads a SentencePiece ``.model`` (``LlamaCompatibleVocabulary``)
+or a Hugging Face ``tokenizer.json`` / a directory holding one
+(``hf_tokenizer.HfTokenizerVocabulary``). Both give the same interface: seqio's,
+plus ``fingerprint`` (what a saved data order is valid for), ``path`` and a
+SentencePieceProcessor-style ``tokenizer``.
 
 seqio was written for T5 vocabularies (pad=0, eos=1, unk=2) and assumes id 0
 is padding. Llama/Mistral-style models use unk=0, bos=1, eos=2 and no pad.
@@ -35,6 +42,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import seqio  # noqa: E402  (after the TF log level is set)
 import sentencepiece as spm  # noqa: E402
 import tensorflow as tf  # noqa: E402
+
+from slm_jax.data import hf_tokenizer  # noqa: E402
 
 
 def _hide_accelerators_from_tensorflow() -> None:
@@ -199,16 +208,25 @@ class LlamaCompatibleVocabulary(seqio.SentencePieceVocabulary):
     def unk_id(self) -> Optional[int]:
         return _id_or_none(self.tokenizer.unk_id())
 
+    @property
+    def path(self) -> str:
+        return self.sentencepiece_model_file
 
-def load_vocabulary(model_path: str) -> LlamaCompatibleVocabulary:
-    """Loads a SentencePiece model as a seqio vocabulary.
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the model proto (saved data orders recorded it before HF tokenizers)."""
+        return hashlib.sha1(self.sp_model).hexdigest()[:16]
 
-    Raises ValueError, naming the path and the gin binding to fix, when the
-    file is missing, is not a SentencePiece model, or defines no EOS.
-    """
-    fix = f"set {VOCAB_PATH_BINDING} to a SentencePiece .model file"
-    if not model_path or not tf.io.gfile.exists(model_path):
-        raise ValueError(f"SentencePiece model {model_path!r} does not exist; {fix}.")
+
+Vocabulary = LlamaCompatibleVocabulary | hf_tokenizer.HfTokenizerVocabulary
+
+
+def _fix(binding: str) -> str:
+    return (f"set {binding} to a SentencePiece .model file or a Hugging Face tokenizer.json "
+            "(or the directory holding it)")
+
+
+def _load_sentencepiece(model_path: str, fix: str) -> LlamaCompatibleVocabulary:
     with tf.io.gfile.GFile(model_path, "rb") as f:
         proto = f.read()
     try:
@@ -226,4 +244,28 @@ def load_vocabulary(model_path: str) -> LlamaCompatibleVocabulary:
     return LlamaCompatibleVocabulary(model_path)
 
 
-__all__ = ["LlamaCompatibleVocabulary", "load_vocabulary", "train_sentencepiece"]
+def load_vocabulary(path: str, binding: str = VOCAB_PATH_BINDING) -> Vocabulary:
+    """Loads a SentencePiece .model, or a Hugging Face tokenizer.json or its directory.
+
+    Raises ValueError, naming the path and the gin binding to fix, when the
+    path is missing or neither kind of tokenizer, or the tokenizer defines no EOS.
+    """
+    fix = _fix(binding)
+    if not path or not tf.io.gfile.exists(path):
+        raise ValueError(f"Tokenizer {path!r} does not exist; {fix}.")
+    if hf_tokenizer.is_hf_tokenizer_path(path):
+        return hf_tokenizer.load_hf_vocabulary(path, fix)
+    if tf.io.gfile.isdir(path):
+        raise ValueError(f"{path!r} is a directory without a {hf_tokenizer.TOKENIZER_FILE}; {fix}.")
+    return _load_sentencepiece(path, fix)
+
+
+def token_table(vocabulary: Vocabulary) -> tuple:
+    """(pieces by id, bos, eos): equal exactly when two tokenizers give the same token stream."""
+    processor = vocabulary.tokenizer
+    pieces = tuple(processor.IdToPiece(i) for i in range(processor.GetPieceSize()))
+    return pieces, vocabulary.bos_id, vocabulary.eos_id
+
+
+__all__ = ["LlamaCompatibleVocabulary", "Vocabulary", "load_vocabulary", "token_table",
+           "train_sentencepiece"]

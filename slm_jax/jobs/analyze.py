@@ -169,6 +169,7 @@ def analyze(run_dir: str = gin.REQUIRED, *,
     checks.check_context(data, model, reference_model)
     reference.check_compatible(model)
     checks.check_batch(data, runtime)
+    checks.check_tokenizers(data, model, reference if reference.checkpoint else None)
     out_dir = out_dir or os.path.join(run_dir, "analysis")
 
     with runtime.activate():

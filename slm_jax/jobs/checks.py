@@ -4,6 +4,7 @@ binding to change."""
 from __future__ import annotations
 
 from slm_jax import model as model_lib
+from slm_jax.data import tokenizer
 
 
 def check_context(data, *models: model_lib.ModelConfig) -> None:
@@ -29,3 +30,39 @@ def check_batch(data, runtime, grad_accum: int = 1) -> None:
             f"{data.global_batch_size}{accum}) is not divisible by the data-parallel size {dp} "
             f"(MeshConfig data x fsdp); set --gin.DataConfig.global_batch_size to a multiple of "
             f"{dp * grad_accum} or change --gin.MeshConfig.data/fsdp.")
+
+
+def check_vocab_fits_model(vocabulary, model: model_lib.ModelConfig,
+                           binding: str = tokenizer.VOCAB_PATH_BINDING) -> None:
+    """Every id the tokenizer can emit has a row in the model's embedding table.
+
+    A larger id is out of range for the embedding lookup and the loss, which
+    turns the first step's loss into NaN instead of failing.
+    """
+    tokens = vocabulary.vocab_size
+    if tokens > model.vocab_size:
+        raise ValueError(
+            f"{binding}={vocabulary.path!r} has {tokens} tokens (ids up to {tokens - 1}), more "
+            f"than ModelConfig.vocab_size={model.vocab_size}; set --gin.ModelConfig.vocab_size "
+            f"to at least {tokens} or point {binding} at the model's own tokenizer.")
+
+
+def check_tokenizers(data, model: model_lib.ModelConfig, reference=None) -> None:
+    """Before any step: the data's tokenizer fits `model`, and a reference bound to its own
+    tokenizer (`ReferenceConfig.vocab_path`) reads exactly the same tokens.
+
+    Pass `reference` only where the job runs the reference model.
+    """
+    student = tokenizer.load_vocabulary(data.vocab_path)
+    check_vocab_fits_model(student, model)
+    if reference is None or not reference.vocab_path:
+        return
+    binding = "ReferenceConfig.vocab_path"
+    other = tokenizer.load_vocabulary(reference.vocab_path, binding=binding)
+    if other.fingerprint != student.fingerprint and (
+            tokenizer.token_table(other) != tokenizer.token_table(student)):
+        raise ValueError(
+            f"{binding}={reference.vocab_path!r} is another tokenizer than "
+            f"{tokenizer.VOCAB_PATH_BINDING}={data.vocab_path!r} (their tokens or BOS/EOS "
+            "differ); excess loss compares the two models token by token, so train the "
+            f"reference with the student's tokenizer, or unset {binding} if it already was.")

@@ -62,6 +62,7 @@ def score(out_dir: str = gin.REQUIRED, *,
     runtime = Runtime.from_config(mesh)
     checks.check_context(data, reference.model_config(student))
     checks.check_batch(data, runtime)
+    checks.check_tokenizers(data, reference.model_config(student), reference)
     writer = ScoredWriter(out_dir, batches_per_shard=batches_per_shard,
                           loss_dtype=jnp.dtype(loss_dtype))
     with runtime.activate():

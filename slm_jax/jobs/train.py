@@ -15,6 +15,7 @@ import os
 import gin
 import jax
 
+from slm_jax import console
 from slm_jax import model as model_lib
 from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
 from slm_jax.jobs import checks, perf, train_hooks
@@ -56,6 +57,7 @@ def _check_config(model, data, selection, reference, scored_data, grad_accum, on
                          "--gin.train.on_nonfinite.")
     checks.check_context(data, model)
     checks.check_batch(data, runtime, grad_accum)
+    checks.check_tokenizers(data, model, reference if selection.mode == "slm" else None)
 
 
 def _prepare_run_dir(run_dir: str) -> None:
@@ -172,9 +174,9 @@ def train(run_dir: str = gin.REQUIRED, *,
     _prepare_run_dir(run_dir)
     tx, schedule = make_optimizer(optimizer, num_steps)
     state_sh = runtime.state_shardings(model, tx)
-    with runtime.activate(), ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
-                                                   checkpoint or ckpt_lib.CheckpointConfig()
-                                                   ) as checkpointer:
+    with console.log_file(os.path.join(run_dir, "log.txt")), runtime.activate(), \
+            ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
+                                  checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:
         state, data_state = _initial_state(checkpointer, runtime, model, tx, state_sh, seed,
                                            init_checkpoint)
         ref = load_reference(reference, model, runtime) if selection.mode == "slm" else None

@@ -3,6 +3,7 @@
     ReferenceConfig.checkpoint = 'runs/ref/checkpoints'   # a reference `train` run
     ReferenceConfig.dtype = 'auto'                         # its forward's compute dtype
     ReferenceConfig.model = @reference/ModelConfig()       # only when it differs from the student
+    ReferenceConfig.vocab_path = 'ref/tokenizer.json'      # checked to equal DataConfig.vocab_path's
 
 `train` (mode slm), `score`, `analyze` and `bench` read it; `load_reference` restores and
 casts its params once.
@@ -31,6 +32,9 @@ class ReferenceConfig:
     # Params cast to it; matmuls and activations run in it. "auto": bf16 on TPU/GPU and on
     # CPUs whose bf16 matmuls measure faster than fp32 (AVX512-BF16), fp32 otherwise.
     dtype: str = "auto"
+    # The tokenizer the reference was trained with; None: DataConfig.vocab_path. Only
+    # checked (jobs/checks.py): excess loss needs the student's tokens, id for id.
+    vocab_path: str | None = None
 
     @property
     def resolved_dtype(self) -> str:

@@ -68,6 +68,18 @@ def test_paper_recipes():
     assert SelectionConfig().mode == "clm" and OptimizerConfig().learning_rate == 5e-5
 
 
+def test_qwen_recipe_is_the_1b_recipe_on_qwen2_5():
+    config, n = parse("gin/runs/rho1_math_qwen2_5_1_5b.gin")
+    assert n == 1_543_714_304 and config.qkv_bias and config.tie_embeddings
+    data, sel, opt = DataConfig(), SelectionConfig(), OptimizerConfig()
+    assert data.seq_len * data.global_batch_size == 1_048_576
+    assert (sel.mode, sel.ratio, sel.scope, opt.learning_rate) == ("slm", 0.6, "batch", 2e-5)
+    gin.clear_config()
+    config, _ = parse("gin/runs/reference_qwen2_5_1_5b.gin")
+    assert config.qkv_bias and SelectionConfig().mode == "clm"
+    assert OptimizerConfig().learning_rate == 1e-5
+
+
 @pytest.mark.parametrize("ratio", [0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
 def test_the_ratio_sweep_is_one_binding_over_a_run(ratio):
     main_lib.parse_config(["gin/runs/rho1_math_1b.gin", "gin/ablations/offline.gin"],
