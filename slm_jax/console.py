@@ -1,17 +1,21 @@
 """What a run shows on the console, and the full log beside it.
 
-The console shows the progress bars, the metric lines, the results tables and this
-project's own log records (`slm_jax.*`, INFO and up); other libraries' records (absl,
-orbax, jax, TensorFlow; Python warnings) reach it only at ERROR. Every record, from
-every library, at INFO and up also goes to the log file of the run (`log_file`), so
-nothing a newcomer does not need to see is lost.
+The console shows the progress bars, the metric lines, the results tables and the log
+records of this package's code (INFO and up); other libraries' records (absl, orbax, jax,
+TensorFlow; Python warnings) reach it only at ERROR, and the known start-up noise C++
+libraries write to stderr is filtered out on the command line (`filter_native_stderr`).
+Every record, from every library, at INFO and up also goes to the log file of the run
+(`log_file`), so nothing is lost.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import re
 import sys
+import threading
 
 FORMAT = "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -21,13 +25,53 @@ class _ConsoleFilter(logging.Filter):
     """Records logged by code in this package at INFO+, everyone else's at ERROR+."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        own = os.path.abspath(record.pathname).startswith(_PACKAGE_DIR + os.sep)
+        own = (os.path.abspath(record.pathname).startswith(_PACKAGE_DIR + os.sep)
+               and record.name != _native_log.name)
         return record.levelno >= (logging.INFO if own else logging.ERROR)
+
+
+# Lines C++ libraries write to fd 2 on their own: absl's INFO/WARNING lines (TensorFlow's
+# CUDA probe on a CPU-only machine), its "before InitializeLog" notice, and tensorflow-text's
+# SentencePiece note on each model load. Errors (E/F lines) and anything else pass through.
+_NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log "
+                           rb"messages before absl::InitializeLog|\S+\.cc\(\d+\) LOG\(INFO\) )")
+_native_log = logging.getLogger("slm_jax.native")
+_native_backlog: collections.deque = collections.deque(maxlen=2000)
+
+
+def filter_native_stderr() -> None:
+    """Routes the known noise C++ code writes to fd 2 into the log; for the command line
+    only (it replaces fd 2 of the process; Python's own writes keep the terminal)."""
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1)
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def pump():
+        pending = b""
+        while chunk := os.read(read_fd, 1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                if _NATIVE_NOISE.match(line):
+                    text = line.decode("utf-8", "replace")
+                    _native_backlog.append(text)
+                    _native_log.info("%s", text)
+                else:
+                    os.write(terminal, line + b"\n")
+
+    threading.Thread(target=pump, name="native-stderr", daemon=True).start()
 
 
 def setup() -> None:
     """Routes logging as above (idempotent); call once, before the job runs."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import sentencepiece
+        sentencepiece.set_min_log_level(1)   # "precompiled_charsmap is empty" on each load
+    except ImportError:
+        pass
     root = logging.getLogger()
     if any(getattr(h, "_slm_console", False) for h in root.handlers):
         return
@@ -55,6 +99,9 @@ def log_file(path: str):
     handler = logging.FileHandler(path)
     handler.setLevel(logging.INFO)
     handler.setFormatter(logging.Formatter(FORMAT))
+    # What C++ code wrote before this file existed (start-up) heads the file.
+    for line in _native_backlog:
+        handler.stream.write(f"(native stderr) {line}\n")
     root = logging.getLogger()
     root.addHandler(handler)
     try:

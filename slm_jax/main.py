@@ -136,4 +136,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    console.filter_native_stderr()
     sys.exit(main())
