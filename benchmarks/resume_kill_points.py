@@ -1,14 +1,19 @@
-"""How often does a run SIGKILLed at a random point resume bit-exact?
+"""How often does a run stopped at a random point resume bit-exact?
 
-    python benchmarks/resume_kill_points.py --trials 10 [--seed 0] [--work_dir /tmp/kill]
+    python benchmarks/resume_kill_points.py --trials 10 [--signals KILL,INT] [--seed 0]
+        [--work_dir /tmp/kill]
 
 The tiny demo-corpus run of tests/e2e/test_resume.py (8 steps, a checkpoint every
 2, async saves) runs once uninterrupted. Each trial then starts the same run,
-SIGKILLs it at a random moment -- after a random logged step plus a random
-delay of up to one second, so kills land inside steps, async checkpoint
+sends it a signal at a random moment -- after a random logged step plus a random
+delay of up to one second, so signals land inside steps, async checkpoint
 writes (params, optimizer and data state in one commit) alike -- restarts it once, and compares per-step
 loss, selected_loss and grad_norm in metrics.jsonl and the final params with
 the uninterrupted run. Prints one line per trial and "k of N bit-exact".
+
+--signals picks the signals, used in turn by the trials: KILL (default; nothing
+runs after it), INT (Ctrl-C) and TERM (a TPU maintenance event or spot reclaim),
+which the trainer answers by finishing the step, checkpointing and exiting 0.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import os
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -38,8 +44,36 @@ def make_data(root: str):
     return paths.web_tfrecord, vocab
 
 
-def kill_randomly(data, run_dir: str, rng: random.Random) -> str:
-    """Starts the run, SIGKILLs it after a random step plus a random delay; describes where."""
+SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
+
+
+def parse_signals(text: str) -> list[str]:
+    names = [name.strip().upper().removeprefix("SIG") for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SIGNALS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of "
+                                         f"{', '.join(SIGNALS)}")
+    return names
+
+
+def how_it_ended(returncode: int, output: str, name: str) -> str:
+    """What the run did with the signal: SIGKILL always kills; INT and TERM should end in a
+    checkpoint and exit 0 (anything else is worth seeing, and the restart must cope)."""
+    if name == "KILL":
+        return "killed"
+    if returncode == 0:
+        return "stopped cleanly (exit 0)"
+    if "KeyboardInterrupt" in output:  # Python's own SIGINT handler: no trainer handler was set
+        frames = re.findall(r'File "[^"]*/(slm_jax/[^"]+)", line (\d+), in (\w+)', output)
+        where = " at {}:{} ({})".format(*frames[-1]) if frames else ""
+        return f"exited {returncode} by KeyboardInterrupt{where}"
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    return f"exited {returncode}{': ' + lines[-1][-200:] if lines else ''}"
+
+
+def signal_randomly(data, run_dir: str, rng: random.Random, name: str = "KILL") -> str:
+    """Starts the run, sends SIG`name` after a random step plus a random delay; describes where
+    it landed and how the run ended."""
     step, delay = rng.randint(1, NUM_STEPS - 1), rng.uniform(0.0, 1.0)
     proc = subprocess.Popen(command(data, run_dir), cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True,
@@ -49,16 +83,17 @@ def kill_randomly(data, run_dir: str, rng: random.Random) -> str:
             time.sleep(delay)
             break
     finished = proc.poll() is not None
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=300)
+    proc.send_signal(SIGNALS[name])
+    rest, _ = proc.communicate(timeout=300)  # read on: a full pipe would block the checkpoint
     if finished:
-        return f"finished before the kill {delay:.2f}s after step {step}"
+        return f"finished before the SIG{name} {delay:.2f}s after step {step}"
+    ended = how_it_ended(proc.returncode, rest, name)
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     ckpts = sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else []
     logged = max(losses(run_dir), default=0) if os.path.exists(
         os.path.join(run_dir, "metrics.jsonl")) else 0
-    return (f"killed {delay:.2f}s after step {step} was printed (last logged step {logged}, "
-            f"checkpoints left: {ckpts})")
+    return (f"SIG{name} {delay:.2f}s after step {step} was printed, {ended} (last logged "
+            f"step {logged}, checkpoints left: {ckpts})")
 
 
 def compare(run_a: str, run_b: str) -> str | None:
@@ -82,6 +117,9 @@ def main():
     parser.add_argument("--trials", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--signals", type=parse_signals, default=["KILL"],
+                        help="comma-separated signals the trials take in turn: KILL, INT "
+                             "(Ctrl-C), TERM (default KILL)")
     args = parser.parse_args()
     work = args.work_dir or tempfile.mkdtemp(prefix="resume_kill_points_")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -95,7 +133,7 @@ def main():
     for trial in range(args.trials):
         run_dir = os.path.join(work, f"trial_{trial}")
         shutil.rmtree(run_dir, ignore_errors=True)
-        where = kill_randomly(data, run_dir, rng)
+        where = signal_randomly(data, run_dir, rng, args.signals[trial % len(args.signals)])
         restart = subprocess.run(command(data, run_dir), cwd=REPO, capture_output=True, text=True,
                                  timeout=600)
         problem = (f"restart exited {restart.returncode}: {restart.stderr[-300:]}"

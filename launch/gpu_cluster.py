@@ -6,6 +6,8 @@
 slurm: an sbatch script; jax reads the process count, ids and coordinator from
 SLURM's environment. ssh: one detached process per host, with the coordinator
 (the first host), process count and id passed as initialize_distributed gin flags.
+Before starting, both install the pinned GPU stack (requirements-gpu.txt: jax[cuda12]
+plus requirements.txt) into a venv in the repository (--venv; --venv '' uses --python as is).
 Every subcommand takes --dry_run (print the commands, run nothing).
 """
 
@@ -22,6 +24,22 @@ from launch import common  # noqa: E402
 from launch.common import LaunchError  # noqa: E402
 
 HEREDOC_END = "SLM_JAX_SBATCH"
+REQUIREMENTS = "requirements-gpu.txt"  # jax[cuda12] at requirements.txt's jax pin, and the rest
+DEFAULT_VENV = ".venv-gpu"
+
+
+def install_lines(args) -> list[str]:
+    """Shell lines (run in the repository) that make the venv and install the GPU pins;
+    none when --venv is empty. pip leaves what is already installed alone, so a rerun is quick."""
+    if not args.venv:
+        return []
+    venv = common.quote(args.venv)
+    return [f"[ -x {venv}/bin/python ] || {common.quote(args.python)} -m venv {venv}",
+            f"{venv}/bin/pip install --quiet -r {REQUIREMENTS}"]
+
+
+def trainer_python(args) -> str:
+    return f"{args.venv}/bin/python" if args.venv else args.python
 
 
 def sbatch_script(args, gin_flags: list[str]) -> str:
@@ -40,12 +58,15 @@ def sbatch_script(args, gin_flags: list[str]) -> str:
         *optional,
         "set -euo pipefail",
         f"cd {common.quote(str(args.repo_dir))}",
+        *(["# the pinned GPU stack, installed once for all nodes (the repository is shared)"]
+          if args.venv else []),
+        *install_lines(args),
         # jax's SLURM detection pins each process to GPU $SLURM_LOCALID (it assumes one
         # process per GPU); with one process per node all but GPU 0 would sit idle.
         "# one process per node drives all of the node's GPUs",
         "export JAX_LOCAL_DEVICE_IDS=" + ",".join(map(str, range(args.gpus_per_node))),
         *env,
-        "srun " + common.join([args.python, "-m", "slm_jax.main", *gin_flags]),
+        "srun " + common.join([trainer_python(args), "-m", "slm_jax.main", *gin_flags]),
     ]) + "\n"
 
 
@@ -83,9 +104,12 @@ def ssh_plan(args, gin_flags: list[str]) -> list:
                  f"--gin.initialize_distributed.coordinator_address='{coordinator}'",
                  f"--gin.initialize_distributed.num_processes={len(hosts)}",
                  f"--gin.initialize_distributed.process_id={process_id}"]
-        start = common.detached(common.quote(args.python), ["-m", "slm_jax.main", *flags],
+        start = common.detached(common.quote(trainer_python(args)),
+                                ["-m", "slm_jax.main", *flags],
                                 log=f"slm_jax.{process_id}.log", env=env)
-        plan.append(["ssh", host, f"cd {common.quote(str(args.repo_dir))} || exit 1; {start}"])
+        install = "".join(f"{line} || exit 1; " for line in install_lines(args))
+        plan.append(["ssh", host,
+                     f"cd {common.quote(str(args.repo_dir))} || exit 1; {install}{start}"])
     return plan
 
 
@@ -96,8 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     shared.add_argument("--gpus_per_node", type=int, default=8)
     shared.add_argument("--repo_dir", default=str(common.REPO_ROOT),
                         help="this repository's path on the nodes (default: the same as here)")
-    shared.add_argument("--python", default="python",
-                        help="interpreter on the nodes, e.g. /shared/venv/bin/python")
+    shared.add_argument("--python", default="python3",
+                        help="interpreter on the nodes that makes the venv (with --venv '': "
+                             "runs the trainer, e.g. /shared/env/bin/python)")
+    shared.add_argument("--venv", default=DEFAULT_VENV,
+                        help=f"venv (relative to --repo_dir, or absolute) that {REQUIREMENTS} "
+                             f"is installed into before the start (default {DEFAULT_VENV}); "
+                             "'' skips the install")
     shared.add_argument("--env", action="append", metavar="KEY=VALUE",
                         help="environment variable for the trainer (repeatable), e.g. XLA_FLAGS")
     shared.add_argument("--dry_run", action="store_true",

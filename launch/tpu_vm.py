@@ -6,9 +6,12 @@
     python launch/tpu_vm.py logs   --name N --zone Z [--worker 0]
     python launch/tpu_vm.py delete --name N --zone Z [--queued] [--quiet]
 
-Every subcommand takes --dry_run (print the gcloud commands, run nothing).
-Each host runs one `python -m slm_jax.main` with the same flags; jax finds its
-peers through the TPU metadata, so no coordinator flags are passed.
+Every subcommand takes --dry_run (print the gcloud commands, run nothing) and
+--num_slices N (a multislice job: N slices of --accelerator_type in one queued
+resource, joined over the data-center network).
+Each host runs one `python -m slm_jax.main` with the same flags; jax takes the
+process count and ids from the TPU metadata, and `run` names the coordinator
+(worker 0 of slice 0) on a port the default TPU firewall opens (--coordinator_port).
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ REMOTE_TARBALL_NAME = "slm-jax.tgz"
 REMOTE_TARBALL = f"~/{REMOTE_TARBALL_NAME}"
 LOG_FILE = "~/slm_jax.log"
 PID_FILE = "~/slm_jax.pid"
-JAX_TPU_COORDINATOR_PORT = 8482  # the port jax itself picks for TPU slices
+# jax >= 0.8.1 puts the coordinator of a TPU slice on port 8482, which the firewall rule GCP
+# creates with a pod slice does not open (reported for v6e: 8470, 8471, 8474, 8476, 11211), so
+# jax.distributed.initialize() hangs (jax-ml/jax#35905). 8476 was jax's port before.
+DEFAULT_COORDINATOR_PORT = 8476
+METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes"
 LIBTPU_FIND_LINKS = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 # What `setup --copy` leaves out of the tarball: history, caches and local run outputs.
-TAR_EXCLUDES = (".git", "__pycache__", "./runs", "./.whl", "./.venv", "./.pytest_cache")
+TAR_EXCLUDES = (".git", "__pycache__", "./runs", "./.whl", "./.venv", "./.venv-gpu",
+                "./.pytest_cache")
 
 
 @dataclass(frozen=True)
@@ -104,17 +112,39 @@ def _gcloud(args, words: list[str], *flags: str) -> list[str]:
     return ["gcloud", "compute", "tpus", *words, f"--zone={args.zone}", *project, *flags]
 
 
-def _ssh(args, worker: str, command: str) -> list[str]:
+def _multislice(args) -> bool:
+    return args.num_slices > 1
+
+
+def _ssh(args, worker: str, command: str, node: str = "all") -> list[str]:
+    """ssh to `worker` (an index or `all`) of the slice, or of slice `node` of a multislice job."""
+    if _multislice(args):  # its slices are nodes of one queued resource
+        return _gcloud(args, ["queued-resources", "ssh", args.name], f"--node={node}",
+                       f"--worker={worker}", "--command", command)
     return _gcloud(args, ["tpu-vm", "ssh", args.name], f"--worker={worker}", "--command", command)
+
+
+def _scp_to_all(args, local: str, remote: str) -> list[str]:
+    if _multislice(args):
+        return _gcloud(args, ["queued-resources", "scp", local, f"{args.name}:{remote}"],
+                       "--node=all", "--worker=all")
+    return _gcloud(args, ["tpu-vm", "scp", local, f"{args.name}:{remote}"], "--worker=all")
 
 
 def create_plan(args) -> list:
     shape = slice_shape(args.accelerator_type)
     version = args.runtime_version or default_runtime_version(args.accelerator_type)
     tier = ["--spot"] if args.spot else ["--reserved"] if args.reserved else []
-    plan = [f"# {args.accelerator_type}: {shape.describe()}"]
+    if _multislice(args):
+        # Nodes {name}-0 .. {name}-(N-1); GCP writes the MEGASCALE_* settings that join
+        # them into each VM's tpu-env metadata, where libtpu and jax read them.
+        plan = [f"# {args.num_slices} slices of {args.accelerator_type}: {shape.describe()} each"]
+        nodes = [f"--node-count={args.num_slices}", f"--node-prefix={args.name}"]
+    else:
+        plan = [f"# {args.accelerator_type}: {shape.describe()}"]
+        nodes = [f"--node-id={args.name}"]
     if args.queued:
-        plan.append(_gcloud(args, ["queued-resources", "create", args.name], f"--node-id={args.name}",
+        plan.append(_gcloud(args, ["queued-resources", "create", args.name], *nodes,
                             f"--accelerator-type={args.accelerator_type}",
                             f"--runtime-version={version}", *tier))
         plan.append(f"# usable once `gcloud compute tpus queued-resources describe {args.name} "
@@ -147,8 +177,7 @@ def setup_plan(args) -> list:
         tarball = str(Path(tempfile.gettempdir()) / f"slm-jax-{args.name}.tgz")
         plan += [["tar", "-czf", tarball, *(f"--exclude={e}" for e in TAR_EXCLUDES),
                   "-C", str(common.REPO_ROOT), "."],
-                 _gcloud(args, ["tpu-vm", "scp", tarball, f"{args.name}:{REMOTE_TARBALL_NAME}"],
-                         "--worker=all")]
+                 _scp_to_all(args, tarball, REMOTE_TARBALL_NAME)]
         fetch = [f"rm -rf {REMOTE_REPO}", f"mkdir -p {REMOTE_REPO}",
                  f"tar -xzf {REMOTE_TARBALL} -C {REMOTE_REPO}", f"rm {REMOTE_TARBALL}"]
     install = [*_install_python(args.python),
@@ -169,36 +198,76 @@ def _warn_if_local_run_dir(gin_flags: list[str]) -> None:
                   file=sys.stderr)
 
 
+def _with_num_slices(args, gin_flags: list[str]) -> list[str]:
+    """The gin flags plus MeshConfig.num_slices for a multislice job (one the user gave must agree)."""
+    binding = "--gin.MeshConfig.num_slices"
+    given = [f.partition("=")[2] for f in gin_flags if f.partition("=")[0] == binding]
+    if any(value != str(args.num_slices) for value in given):
+        raise LaunchError(f"{binding}={given[-1]} contradicts --num_slices={args.num_slices}; "
+                          "drop the gin binding, `run` sets it")
+    if args.num_slices == 1 or given:
+        return gin_flags
+    return [*gin_flags, f"{binding}={args.num_slices}"]
+
+
 def run_plan(args, gin_flags: list[str]) -> list:
     _warn_if_local_run_dir(gin_flags)
+    gin_flags = _with_num_slices(args, gin_flags)
     # A second trainer on the same host would fail to open the TPU; say so plainly instead.
     already_running = (f"if [ -f {PID_FILE} ] && grep -qs slm_jax /proc/$(cat {PID_FILE})/cmdline; "
                        f"then echo \"slm_jax is already running (pid $(cat {PID_FILE})); "
                        f"stop it first\" >&2; exit 1; fi")
     start = common.detached(f"{REMOTE_VENV}/bin/python", ["-m", "slm_jax.main", *gin_flags],
                             log=LOG_FILE, env=common.parse_env(args.env), pid_file=PID_FILE)
-    return [_ssh(args, "all", f"{already_running}; {_export_coordinator()}; "
+    return [_ssh(args, "all", f"{already_running}; {_read_tpu_env()}; "
+                              f"{_check_slice_count(args.num_slices)}; "
+                              f"{_export_coordinator(args.coordinator_port)}; "
                               f"cd {REMOTE_REPO} || exit 1; {start}")]
 
 
-def _export_coordinator() -> str:
-    """Shell that exports JAX_COORDINATOR_ADDRESS=<worker 0>:8482 from the VM's metadata.
+def _metadata(key: str) -> str:
+    """Shell that prints the VM's metadata attribute `key` (empty when it has none)."""
+    return f"curl -sf -m 10 -H Metadata-Flavor:Google {METADATA_URL}/{key}"
 
-    slm_jax joins jax.distributed only when the environment shows a cluster,
-    and a TPU VM's shows none (jax reads its peers from the metadata server),
-    so without this a pod slice would train without the distributed runtime
-    that orbax's multi-host checkpointing needs. jax still takes the process
-    count and id from the metadata. Entries are `host` or `name:id:ip`.
+
+def _read_tpu_env() -> str:
+    """Shell that keeps the VM's tpu-env metadata (lines `NAME: 'value'`) in $tpu_env."""
+    return f"tpu_env=$({_metadata('tpu-env')})"
+
+
+def _tpu_env(variable: str) -> str:
+    """Shell that prints `variable` of $tpu_env, without quotes or a :port (empty if unset)."""
+    return (f"printf '%s\\n' \"$tpu_env\" | sed -n \"s/^{variable}: *'\\{{0,1\\}}"
+            f"\\([^':]*\\).*/\\1/p\"")
+
+
+def _check_slice_count(num_slices: int) -> str:
+    """Shell that stops when the VM belongs to another number of slices than --num_slices,
+    which would build a mesh whose data axis does not match the slices."""
+    return (f"slices=$({_tpu_env('MEGASCALE_NUM_SLICES')}); "
+            f"if [ \"${{slices:-1}}\" != {num_slices} ]; then echo \"this TPU VM is one of "
+            f"${{slices:-1}} slices; pass --num_slices=${{slices:-1}}, not {num_slices}\" >&2; "
+            "exit 1; fi")
+
+
+def _export_coordinator(port: int) -> str:
+    """Shell that exports JAX_COORDINATOR_ADDRESS=<worker 0 of slice 0>:<port>.
+
+    jax would pick port 8482, which the TPU firewall blocks (see
+    DEFAULT_COORDINATOR_PORT), and slm_jax joins jax.distributed only when the
+    environment names a coordinator or a cluster. jax still takes the process
+    count and ids from the metadata. The host is the one jax would choose:
+    MEGASCALE_COORDINATOR_ADDRESS of a multislice job, else the slice's first
+    worker (worker-network-endpoints entries are `host` or `name:id:ip`).
     """
-    endpoints = ("curl -sf -m 10 -H Metadata-Flavor:Google http://metadata.google.internal"
-                 "/computeMetadata/v1/instance/attributes/worker-network-endpoints")
-    address = f"$worker0:{JAX_TPU_COORDINATOR_PORT}"
-    return (f"worker0=$({endpoints} | cut -d, -f1 | awk -F: '{{print $NF}}'); "
-            f"[ -z \"$worker0\" ] || export JAX_COORDINATOR_ADDRESS={address}")
+    first_worker = f"{_metadata('worker-network-endpoints')} | cut -d, -f1 | awk -F: '{{print $NF}}'"
+    return (f"coordinator=$({_tpu_env('MEGASCALE_COORDINATOR_ADDRESS')}); "
+            f"[ -n \"$coordinator\" ] || coordinator=$({first_worker}); "
+            f"[ -z \"$coordinator\" ] || export JAX_COORDINATOR_ADDRESS=$coordinator:{port}")
 
 
 def logs_plan(args) -> list:
-    return [_ssh(args, args.worker, f"tail -n {args.lines} -F {LOG_FILE}")]
+    return [_ssh(args, args.worker, f"tail -n {args.lines} -F {LOG_FILE}", node=args.slice)]
 
 
 def stop_plan(args) -> list:
@@ -225,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     common_flags.add_argument("--project", help="GCP project (default: gcloud's configured one)")
     common_flags.add_argument("--dry_run", action="store_true",
                               help="print the commands, one per line, and run nothing")
+    common_flags.add_argument("--num_slices", type=int, default=1,
+                              help="slices of a multislice job (a queued resource of N nodes, "
+                                   "the data axis across them); the same on every subcommand")
 
     parser = argparse.ArgumentParser(
         prog="tpu_vm.py", description="Run slm_jax on a Cloud TPU VM slice.",
@@ -253,10 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="start slm_jax.main on every worker, detached")
     run.add_argument("--env", action="append", metavar="KEY=VALUE",
                      help="environment variable for the trainer (repeatable)")
+    run.add_argument("--coordinator_port", type=int, default=DEFAULT_COORDINATOR_PORT,
+                     help="jax.distributed coordinator port on worker 0; the default is one "
+                          f"GCP's TPU firewall rule opens (default {DEFAULT_COORDINATOR_PORT})")
 
     logs = sub.add_parser("logs", parents=[common_flags], help="follow a worker's log")
     logs.add_argument("--worker", default="0", help="worker index, or `all` (default 0)")
     logs.add_argument("--lines", type=int, default=100, help="lines of history to show first")
+    logs.add_argument("--slice", default="0", help="with --num_slices: the slice (default 0)")
 
     sub.add_parser("stop", parents=[common_flags], help="stop the trainer on every worker")
 
@@ -271,9 +347,23 @@ PLANS = {"create": create_plan, "setup": setup_plan, "logs": logs_plan, "stop": 
          "delete": delete_plan}
 
 
+def check_args(args) -> None:
+    """Values argparse cannot check, each refused in one line naming its flag."""
+    if args.num_slices < 1:
+        raise LaunchError(f"--num_slices={args.num_slices} must be at least 1")
+    needs_queued = args.command in ("create", "delete") and _multislice(args) and not args.queued
+    if needs_queued:
+        raise LaunchError(f"--num_slices={args.num_slices} needs --queued: the slices of a "
+                          "multislice job are one queued resource")
+    port = getattr(args, "coordinator_port", DEFAULT_COORDINATOR_PORT)
+    if not 1 <= port <= 65535:
+        raise LaunchError(f"--coordinator_port={port} is not a TCP port (1-65535)")
+
+
 def main(argv: list[str]) -> None:
     flags, gin_flags = common.split_gin_flags(argv)
     args = build_parser().parse_args(flags)
+    check_args(args)
     if args.command == "run":
         plan = run_plan(args, common.check_gin_flags(gin_flags))
     elif gin_flags:

@@ -88,6 +88,22 @@ def test_tpu_slices_call_initialize_without_arguments(calls, monkeypatch, hosts,
     assert calls == ([("t0:8482", 2, 0)] if joins else [])
 
 
+def test_tpu_launcher_coordinator_wins_and_jax_counts_every_slice(calls, monkeypatch):
+    """What launch/tpu_vm.py run sets up on worker 1 of slice 1 of a 2-slice job: its own
+    JAX_COORDINATOR_ADDRESS (slice 0's worker 0, on a port the TPU firewall opens, not
+    jax's 8482), with the process count and id still coming from JAX's TPU detection."""
+    monkeypatch.setattr(cloud_tpu_cluster, "running_in_cloud_tpu_vm", True)
+    monkeypatch.setattr(cloud_tpu_cluster.BaseTpuCluster, "wait_for_coordinator",
+                        classmethod(lambda cls, address, timeout: None))
+    for var, value in [("TPU_WORKER_HOSTNAMES", "t2,t3"), ("TPU_WORKER_ID", "1"),
+                       ("MEGASCALE_NUM_SLICES", "2"), ("MEGASCALE_SLICE_ID", "1"),
+                       ("MEGASCALE_COORDINATOR_ADDRESS", "t0"),
+                       ("JAX_COORDINATOR_ADDRESS", "10.1.0.2:8476")]:
+        monkeypatch.setenv(var, value)
+    assert distributed.initialize_distributed() is True
+    assert calls == [("10.1.0.2:8476", 4, 3)]
+
+
 def test_explicit_coordinator_flags(calls):
     assert distributed.initialize_distributed("127.0.0.1:1234", 2, 1) is True
     assert calls == [("127.0.0.1:1234", 2, 1)]

@@ -1,8 +1,11 @@
 """The trainer's iterator (slm_jax/data/iterator.py): the data order is a pure function of (seed, step, files) and resumes exactly from its saved state."""
 
+import glob
 import json
 import os
 import random
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -117,3 +120,56 @@ def test_different_seeds_give_different_orders(data, saved_run, mesh):
 
 # --------------------------------------------------------------------------
 # Errors name the binding to fix.
+
+
+# --------------------------------------------------------------------------
+# A damaged input file is named, with the fix, instead of tf.data's DataLossError.
+
+
+def _damage(path, how):
+    data = open(path, "rb").read()
+    if how == "truncated":            # a copy cut short
+        data = data[:len(data) // 2]
+    elif how == "corrupted":          # one bit flipped inside a record
+        data = data[:len(data) // 2] + bytes([data[len(data) // 2] ^ 1]) + data[len(data) // 2 + 1:]
+    else:                             # not a TFRecord at all
+        data = b"<html>403 Forbidden</html>\n"
+    open(path, "wb").write(data)
+
+
+@pytest.fixture
+def damaged_copy(data, tmp_path):
+    """Copies of the 4 files with one of them (docs-2) damaged as asked."""
+    def make(how):
+        for path in glob.glob(data[0]):
+            shutil.copy(path, tmp_path)
+        _damage(str(tmp_path / "docs-2-of-4.tfrecord"), how)
+        return _config((str(tmp_path / "docs-*-of-4.tfrecord"), data[1]))
+    return make
+
+
+@pytest.mark.parametrize("how, what, start_step", [
+    ("truncated", r"truncated record at byte \d+", 0),
+    ("truncated", r"truncated record at byte \d+", 3),  # replaying to a step reads too
+    ("corrupted", r"corrupted record at byte \d+", 0),
+    ("not a tfrecord", r"corrupted record at byte 0, not a TFRecord file", 0),
+])
+def test_a_damaged_file_is_named_with_the_fix(damaged_copy, mesh, how, what, start_step):
+    config = damaged_copy(how)
+    with pytest.raises(ValueError) as error:
+        next(iterator.make_train_iterator(config, mesh, start_step=start_step))
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.fullmatch(rf"data file '.*/docs-2-of-4.tfrecord' is damaged \({what}\); copy or "
+                        r"re-create it, or leave it out of DataConfig.file_pattern='.*'\.",
+                        message), message
+
+
+def test_find_damaged_tfrecord(data, damaged_copy, tmp_path):
+    assert iterator.find_damaged_tfrecord(sorted(glob.glob(data[0]))) is None
+    damaged_copy("truncated")
+    files = sorted(glob.glob(str(tmp_path / "docs-*-of-4.tfrecord")))
+    assert iterator.find_damaged_tfrecord(files) == files[2]
+    # Files no longer than the bad record's offset cannot hold it: not even read.
+    assert iterator.find_damaged_tfrecord(files, offset=10**9) is None
+

@@ -7,6 +7,7 @@ here under a scratch $HOME with a stand-in python that records how it was starte
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
@@ -78,6 +79,24 @@ def wait_for(path, timeout_s=15):
             return json.loads(path.read_text())
         time.sleep(0.05)
     raise AssertionError(f"{path} was never written")
+
+
+def metadata_server(bin_dir, tpu_env="", endpoints="unknown:unknown:10.0.0.5,unknown:unknown:10.0.0.6"):
+    """A stand-in curl answering a TPU VM's metadata queries (404, exit 22, for what is unset)."""
+    write_executable(bin_dir / "curl", f"""#!/bin/sh
+case "$*" in
+  */tpu-env) [ -n {shlex.quote(tpu_env)} ] || exit 22; printf '%s\\n' {shlex.quote(tpu_env)} ;;
+  */worker-network-endpoints) echo {endpoints} ;;
+  *) exit 22 ;;
+esac
+""")
+
+
+def one_line_error(result, *needles):
+    assert result.returncode == 2 and result.stdout == "", result
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
 
 
 def pinned_jax():
@@ -171,8 +190,7 @@ def test_v4_run_passes_gin_flags_intact_to_every_worker(tmp_path):
     home, record = tmp_path / "home", tmp_path / "record.json"
     (home / "slm-jax").mkdir(parents=True)
     recorder(home / "slm-jax-venv/bin/python", record, linger_s=30)
-    write_executable(tmp_path / "bin/curl",
-                     "#!/bin/sh\necho unknown:unknown:10.0.0.5,unknown:unknown:10.0.0.6\n")
+    metadata_server(tmp_path / "bin")
     env = {**os.environ, "HOME": str(home), "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
 
     def on_worker(command):
@@ -187,7 +205,8 @@ def test_v4_run_passes_gin_flags_intact_to_every_worker(tmp_path):
         assert seen["argv"] == ["-m", "slm_jax.main", *GIN_FLAGS]
         assert seen["cwd"] == str(home / "slm-jax")
         assert seen["env"]["XLA_FLAGS"] == "--a=1 --b='2'"
-        assert seen["env"]["JAX_COORDINATOR_ADDRESS"] == "10.0.0.5:8482"
+        # worker 0 on the port GCP's TPU firewall opens, not jax's own 8482 (jax#35905)
+        assert seen["env"]["JAX_COORDINATOR_ADDRESS"] == "10.0.0.5:8476"
         assert (home / "slm_jax.log").exists()
 
         again = on_worker(remote_command(ssh))
@@ -246,6 +265,84 @@ def test_v5p_run_on_all_workers_and_queued_delete():
         "--project=proj", "--force", "--quiet"]]
 
 
+# --- coordinator port, and 2 x v5p-128 as one multislice job -------------------------------
+
+def test_run_puts_the_coordinator_on_the_chosen_port():
+    [ssh] = dry_run("tpu_vm.py", "run", *V4, "--dry_run", "--", *GIN_FLAGS)
+    assert "export JAX_COORDINATOR_ADDRESS=$coordinator:8476" in remote_command(ssh)
+    [ssh] = dry_run("tpu_vm.py", "run", *V4, "--coordinator_port", "8471", "--dry_run", "--",
+                    *GIN_FLAGS)
+    assert "export JAX_COORDINATOR_ADDRESS=$coordinator:8471" in remote_command(ssh)
+
+
+MULTI = [*V5P, "--num_slices", "2"]
+
+
+def test_multislice_create_asks_for_one_queued_resource_of_two_nodes():
+    args = ["create", *MULTI, "--accelerator_type", "v5p-128", "--queued", "--spot", "--dry_run"]
+    assert notes("tpu_vm.py", *args)[0] == "# 2 slices of v5p-128: 16 hosts x 4 chips each"
+    assert dry_run("tpu_vm.py", *args) == [[
+        "gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--zone=us-east5-a",
+        "--project=proj", "--node-count=2", "--node-prefix=pod", "--accelerator-type=v5p-128",
+        "--runtime-version=v2-alpha-tpuv5", "--spot"]]
+
+
+def test_multislice_setup_and_stop_reach_every_worker_of_every_slice():
+    _, scp, ssh = dry_run("tpu_vm.py", "setup", *MULTI, "--dry_run")
+    assert scp[3:5] == ["queued-resources", "scp"] and scp[6] == "pod:slm-jax.tgz"
+    assert scp[-2:] == ["--node=all", "--worker=all"]
+    assert ssh[3:6] == ["queued-resources", "ssh", "pod"]
+    assert "--node=all" in ssh and "--worker=all" in ssh
+    assert "requirements.txt" in remote_command(ssh)
+    [stop] = dry_run("tpu_vm.py", "stop", *MULTI, "--dry_run")
+    assert stop[3:5] == ["queued-resources", "ssh"] and "--node=all" in stop
+    [logs] = dry_run("tpu_vm.py", "logs", *MULTI, "--slice", "1", "--dry_run")
+    assert "--node=1" in logs and "--worker=0" in logs
+
+
+MULTISLICE_TPU_ENV = ("MEGASCALE_COORDINATOR_ADDRESS: '10.1.0.2:8080'\n"
+                      "MEGASCALE_NUM_SLICES: '2'\nMEGASCALE_SLICE_ID: '1'")
+
+
+@pytest.mark.parametrize("tpu_env, coordinator", [
+    (MULTISLICE_TPU_ENV, "10.1.0.2:8476"),   # slice 0's worker 0, from GCP's tpu-env
+    ("", None),                               # a single slice: refused before starting
+])
+def test_multislice_run_on_a_worker_of_slice_1(tmp_path, tpu_env, coordinator):
+    [ssh] = dry_run("tpu_vm.py", "run", *MULTI, "--dry_run", "--", *GIN_FLAGS)
+    assert ssh[3:6] == ["queued-resources", "ssh", "pod"]
+    assert "--node=all" in ssh and "--worker=all" in ssh
+    home, record = tmp_path / "home", tmp_path / "record.json"
+    (home / "slm-jax").mkdir(parents=True)
+    recorder(home / "slm-jax-venv/bin/python", record)
+    metadata_server(tmp_path / "bin", tpu_env=tpu_env,
+                    endpoints="10.0.0.6,10.0.0.7")  # this slice's own workers
+    env = {**os.environ, "HOME": str(home), "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    started = subprocess.run(["bash", "-c", remote_command(ssh)], env=env, capture_output=True,
+                             text=True, timeout=30)
+    if coordinator is None:
+        assert started.returncode == 1 and not record.exists()
+        assert "one of 1 slices; pass --num_slices=1, not 2" in started.stderr
+        return
+    assert started.returncode == 0, started.stderr
+    seen = wait_for(record)
+    assert seen["argv"] == ["-m", "slm_jax.main", *GIN_FLAGS, "--gin.MeshConfig.num_slices=2"]
+    assert seen["env"]["JAX_COORDINATOR_ADDRESS"] == coordinator
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["run", *V4, "--coordinator_port", "0"], ["--coordinator_port=0 is not a TCP port"]),
+    (["run", *V4, "--coordinator_port", "70000"], ["--coordinator_port=70000"]),
+    (["run", *V4, "--num_slices", "0"], ["--num_slices=0 must be at least 1"]),
+    (["create", *MULTI, "--accelerator_type", "v5p-128"], ["--num_slices=2 needs --queued"]),
+    (["delete", *MULTI], ["--num_slices=2 needs --queued"]),
+    (["run", *MULTI, "--", "--gin.MeshConfig.num_slices=3"],
+     ["--gin.MeshConfig.num_slices=3 contradicts --num_slices=2"]),
+])
+def test_bad_launch_values_are_one_line(args, needles):
+    one_line_error(launch("tpu_vm.py", args[0], "--dry_run", *args[1:], check=False), *needles)
+
+
 def test_spot_and_reserved_exclude_each_other():
     result = launch("tpu_vm.py", "create", *V5P, "--accelerator_type", "v5p-128", "--spot",
                     "--reserved", "--dry_run", check=False)
@@ -293,10 +390,29 @@ def test_slurm_script(tmp_path):
                  "export JAX_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7",
                  "export XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler"]:
         assert line in script.splitlines()
-    [srun] = [line for line in script.splitlines() if line.startswith("srun ")]
-    assert bash_words(srun) == ["srun", "python", "-m", "slm_jax.main", *GIN_FLAGS]
+    # The pinned GPU stack goes into the venv before srun starts the trainer with it.
+    lines = script.splitlines()
+    assert "[ -x .venv-gpu/bin/python ] || python3 -m venv .venv-gpu" in lines
+    install = lines.index(".venv-gpu/bin/pip install --quiet -r requirements-gpu.txt")
+    [srun] = [line for line in lines if line.startswith("srun ")]
+    assert install < lines.index(srun)
+    assert bash_words(srun) == ["srun", ".venv-gpu/bin/python", "-m", "slm_jax.main", *GIN_FLAGS]
     assert "coordinator_address" not in script
     subprocess.run(["bash", "-n", "-c", script], check=True)
+
+
+def test_slurm_with_a_prepared_environment_installs_nothing():
+    out = launch("gpu_cluster.py", "slurm", "--nodes=2", "--venv", "", "--python",
+                 "/shared/env/bin/python", "--dry_run", "--", *GIN_FLAGS).stdout
+    assert "pip install" not in out and "requirements-gpu.txt" not in out
+    [srun] = [line for line in out.splitlines() if line.startswith("srun ")]
+    assert bash_words(srun)[:2] == ["srun", "/shared/env/bin/python"]
+
+
+def test_gpu_requirements_pin_jax_cuda_at_the_projects_jax():
+    text = (REPO / "requirements-gpu.txt").read_text()
+    assert "-r requirements.txt" in text.splitlines()
+    assert re.search(r"^jax\[cuda1[23]\]==(\S+)$", text, re.M).group(1) == pinned_jax()
 
 
 def test_slurm_submits_the_written_script(tmp_path):
@@ -312,14 +428,20 @@ def test_slurm_submits_the_written_script(tmp_path):
 def test_ssh_two_hosts(tmp_path):
     repo, record = tmp_path / "repo dir", tmp_path / "record.json"
     repo.mkdir()
-    recorder(tmp_path / "bin/python", record)
+    # The venv as the first launch left it: its python records how the trainer started,
+    # its pip how it was asked to install.
+    recorder(repo / ".venv-gpu/bin/python", record)
+    write_executable(repo / ".venv-gpu/bin/pip",
+                     f"#!/bin/sh\necho \"$@\" >> {shlex.quote(str(tmp_path / 'pip.log'))}\n")
     lines = dry_run("gpu_cluster.py", "ssh", "--hosts", "me@gpu-a,gpu-b", "--port", "9999",
-                    "--repo_dir", str(repo), "--python", str(tmp_path / "bin/python"),
+                    "--repo_dir", str(repo), "--python", "/nonexistent/python",
                     "--env", "XLA_FLAGS=--a=1 --b=2", "--dry_run", "--", *GIN_FLAGS)
     assert [argv[:2] for argv in lines] == [["ssh", "me@gpu-a"], ["ssh", "gpu-b"]]
     for process_id, (_, _, command) in enumerate(lines):
         record.unlink(missing_ok=True)
         subprocess.run(["bash", "-c", command], check=True, timeout=30)
+        assert (tmp_path / "pip.log").read_text().splitlines()[-1] == (
+            "install --quiet -r requirements-gpu.txt")
         seen = wait_for(record)
         assert seen["argv"] == ["-m", "slm_jax.main", *GIN_FLAGS,
                                 "--gin.initialize_distributed.coordinator_address='gpu-a:9999'",

@@ -5,8 +5,10 @@ follows their positions; the trainer saves ``TrainIterator.state()`` in its chec
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from typing import Optional, Union
 
@@ -14,8 +16,10 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from slm_jax.data import BATCH_KEYS, streams
+from slm_jax.data import BATCH_KEYS, streams, tasks
 from slm_jax.data.pipeline import DataConfig, DocumentFilter, stream_set
+
+import tensorflow as tf  # after pipeline, which sets TF's log level before TF loads
 
 ShardingArg = Union[jax.sharding.Sharding, Mapping[str, jax.sharding.Sharding], None]
 
@@ -76,6 +80,7 @@ class TrainIterator:
         for i, k in enumerate(ids):
             self._local_row[stream_layout.stream_rows(k)] = np.arange(i * per_stream, (i + 1) * per_stream)
         self._doc_filter = DocumentFilter()
+        self._config = config
         self._streams = stream_set(config, ids, repeat=repeat, doc_filter=self._doc_filter)
 
     @property
@@ -91,7 +96,8 @@ class TrainIterator:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        local = next(self._streams)
+        with naming_damaged_files(self._config):
+            local = next(self._streams)
         return {k: jax.make_array_from_callback(self._shape, self._shardings[k],
                                                 lambda index, v=v: self._device_rows(v, index))
                 for k, v in local.items()}
@@ -118,7 +124,74 @@ class TrainIterator:
 
     def skip_to(self, step: int) -> None:
         """Replays to ``step`` without saved state (reads and packs every skipped row)."""
-        self._streams.skip_to(step)
+        with naming_damaged_files(self._config):
+            self._streams.skip_to(step)
+
+
+# --------------------------------------------------------------------------
+# A truncated or corrupted input file: one line naming it, not a tf.data traceback.
+
+
+def find_damaged_tfrecord(files: list[str], offset: Optional[int] = None) -> Optional[str]:
+    """The first of ``files`` that tf.data cannot read to the end, else None.
+
+    tf's DataLossError gives only the byte offset of the bad record, not the
+    file, so the files are read again one by one (in TF's reader, no Python per
+    record). The bad record starts at ``offset``, so files no longer than it
+    are skipped unread.
+    """
+    for path in files:
+        if offset is not None and tf.io.gfile.stat(path).length <= offset:
+            continue
+        try:
+            tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda count, _: count + 1)
+        except tf.errors.DataLossError:
+            return path
+    return None
+
+
+_BAD_RECORD = re.compile(r"(truncated|corrupted) record at (\d+)")
+
+
+def _describe_data_loss(error: Exception) -> tuple[str, Optional[int]]:
+    """(what tf found, the bad record's byte offset if it says) from a DataLossError."""
+    text = str(error)
+    found = _BAD_RECORD.search(text)
+    if not found:
+        return text.strip().splitlines()[0] if text.strip() else "unreadable", None
+    what = f"{found.group(1)} record at byte {found.group(2)}"
+    if "Is this even a TFRecord file?" in text:
+        what += ", not a TFRecord file"
+    return what, int(found.group(2))
+
+
+def damaged_file_error(config: DataConfig, error: Exception) -> ValueError:
+    """A one-line ValueError for tf's DataLossError while reading ``config``'s files."""
+    what, offset = _describe_data_loss(error)
+    binding = f"DataConfig.file_pattern={config.file_pattern!r}"
+    if config.source != "files":
+        return ValueError(f"the TFDS data of DataConfig.tfds_name={config.tfds_name!r} is "
+                          f"damaged ({what}); prepare the dataset again.")
+    files = tasks.resolve_files(config.file_pattern)
+    # info, not warning: the error itself is the one line a user should see
+    logging.info("a data file is damaged (%s); reading the %d files of %s to find it",
+                 what, len(files), binding)
+    path = find_damaged_tfrecord(files, offset)
+    if path is None:
+        return ValueError(f"a file of {binding} is damaged ({what}), but reading them again "
+                          "found none (did they change?); check the files and run again.")
+    return ValueError(f"data file {path!r} is damaged ({what}); copy or re-create it, or "
+                      f"leave it out of {binding}.")
+
+
+@contextlib.contextmanager
+def naming_damaged_files(config: DataConfig):
+    """Turns tf.data's DataLossError (a truncated or corrupted TFRecord) into a ValueError
+    naming the file and the fix, which the command line prints as one line."""
+    try:
+        yield
+    except tf.errors.DataLossError as e:
+        raise damaged_file_error(config, e) from e
 
 
 _POSITION_FIELDS = [f.name for f in dataclasses.fields(streams.StreamPosition)]

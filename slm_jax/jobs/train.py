@@ -236,6 +236,7 @@ def train(run_dir: str = gin.REQUIRED, *,
                     logger.log(num_steps, final, prefix="eval_")
         finally:
             profiler.close()
+            checkpointer.wait()   # a Ctrl-C now must not kill the last save half-written
             preemption.close()
             logger.close()
     summary["step"] = int(jax.device_get(state.step))

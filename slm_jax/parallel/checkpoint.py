@@ -133,8 +133,12 @@ class Checkpointer:
         return TrainState(step=jax.device_put(jax.numpy.int32(restored.meta["step"]), shardings.step),
                            params=restored.params, opt_state=restored.opt_state)
 
-    def close(self):
+    def wait(self):
+        """Blocks until the last (async) save is committed."""
         self._manager.wait_until_finished()
+
+    def close(self):
+        self.wait()
         self._manager.close()
 
     def __enter__(self) -> "Checkpointer":

@@ -21,6 +21,7 @@ from slm_jax import model as model_lib
 from slm_jax.parallel import partition, sharding
 from slm_jax.data import pipeline, tokenizer
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from tests.test_hf_tokenizer import write_hf_tokenizer
 from tests.tiny_corpus import tiny_corpus
 
 
@@ -68,6 +69,9 @@ def trained(corpus):
     (root / "not_spm.model").write_text("this is not a sentencepiece model\n")
     (root / "a_file").write_text("x")
     (root / "unclosed.gin").write_text("ModelConfig.d_model = 64\nModelConfig.n_layers = (2\n")
+    (root / "broken_tokenizer").mkdir()
+    (root / "broken_tokenizer" / "tokenizer.json").write_text('{"model": {"type": "BPE", ')
+    write_hf_tokenizer(root / "other_tokenizer", ["x = 3 + 4 = 7, so x is 7."] * 20)
     return root
 
 
@@ -143,6 +147,19 @@ CASES = {
     "tokenizer not a SentencePiece model": (
         [f"--gin.DataConfig.vocab_path={ROOT}/not_spm.model"],
         r"not_spm.model' is not a SentencePiece model; set DataConfig.vocab_path"),
+    "tokenizer larger than the model": (
+        ["--gin.ModelConfig.vocab_size=256"],
+        r"DataConfig.vocab_path=.*spm.model' has 512 tokens \(ids up to 511\), more than "
+        r"ModelConfig.vocab_size=256; set --gin.ModelConfig.vocab_size to at least 512"),
+    "tokenizer.json unreadable": (
+        [f"--gin.DataConfig.vocab_path={ROOT}/broken_tokenizer"],
+        r"broken_tokenizer/tokenizer.json' is not a readable Hugging Face tokenizer.json "
+        r"\(.*\); set DataConfig.vocab_path to"),
+    "reference tokenizer differs from the student's": (
+        ["--gin.SelectionConfig.mode=slm", f"--gin.ReferenceConfig.checkpoint={ROOT}/run/checkpoints",
+         f"--gin.ReferenceConfig.vocab_path={ROOT}/other_tokenizer"],
+        r"ReferenceConfig.vocab_path=.*other_tokenizer' is another tokenizer than "
+        r"DataConfig.vocab_path=.*spm.model'.*train the reference with the student's tokenizer"),
     "data pattern matches no files": (
         [f"--gin.DataConfig.file_pattern={ROOT}/nothing-*.tfrecord"],
         r"No files match .*nothing-\*.tfrecord'; set DataConfig.file_pattern to a glob"),
@@ -160,6 +177,11 @@ CASES = {
     "output dir not writable": ([f"--gin.train.run_dir={ROOT}/a_file/run"],
                                 r"train.run_dir=.*a_file/run' is not writable .*choose another "
                                 r"--gin.train.run_dir"),
+    "data file damaged": (  # found at the first batch, so in a run_dir of its own
+        [f"--gin.DataConfig.file_pattern={ROOT}/not_spm.model",
+         f"--gin.train.run_dir={ROOT}/damaged_data_run"],
+        r"data file '.*/not_spm.model' is damaged \(corrupted record at byte 0, not a TFRecord "
+        r"file\); copy or re-create it, or leave it out of DataConfig.file_pattern="),
 }
 
 
