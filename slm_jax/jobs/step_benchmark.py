@@ -15,6 +15,7 @@ batch), with whether its mask equals the default method's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
@@ -87,7 +88,7 @@ def _build_steps(model, reference_forward, modes, ratio, tx, schedule, runtime, 
     return steps
 
 
-def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps):
+def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps, profile_dir=None):
     """({mode: step times}, {mode: peak memory after its warm-up}).
 
     One train state goes through every mode's step in turn (same structure), so
@@ -106,9 +107,14 @@ def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps):
         time_fn(lambda: one_step(mode), warmup_steps, 0)
         peak_mem[mode] = peak_memory_bytes()
     step_times = {mode: [] for mode in modes}
-    for _ in range(timed_steps):
-        for mode in modes:
-            step_times[mode] += time_fn(lambda: one_step(mode), 0, 1)
+    # The timed steps only: a trace of warm programs (Perfetto JSON beside TensorBoard's).
+    trace = (jax.profiler.trace(profile_dir, create_perfetto_trace=True) if profile_dir
+             else contextlib.nullcontext())
+    with trace:
+        for _ in range(timed_steps):
+            for mode in modes:
+                with jax.profiler.TraceAnnotation(f"train_step_{mode}"):
+                    step_times[mode] += time_fn(lambda: one_step(mode), 0, 1)
     return step_times, peak_mem
 
 
@@ -125,9 +131,11 @@ def bench(model: model_lib.ModelConfig | None = None, *,
           modes=("clm", "slm_online", "slm_offline"), warmup_steps: int = 2,
           timed_steps: int = 10, grad_accum: int = 1, loss_chunk_size: int = 1024,
           reference: ReferenceConfig | None = None, mesh: sharding.MeshConfig | None = None,
-          select_tokens_count: int = 1 << 20, select_methods=METHODS) -> list[dict]:
+          select_tokens_count: int = 1 << 20, select_methods=METHODS,
+          profile_dir: str | None = None) -> list[dict]:
     """Times CLM, SLM-online (reference forward in `ReferenceConfig.dtype`) and SLM-offline
-    steps and prints one JSON line per mode, then one per selection method."""
+    steps and prints one JSON line per mode, then one per selection method. With
+    `profile_dir`, the timed steps are traced there (benchmarks/profile_summary.py)."""
     model = model or model_lib.ModelConfig()
     reference_forward = (reference or ReferenceConfig()).forward_config(model)
     runtime = Runtime.from_config(mesh)
@@ -142,7 +150,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                              loss_chunk_size, state_sh)
         step_times, peak_mem = _interleaved_step_times(
             steps, partition.init_state(model, tx, jax.random.key(0), state_sh), modes,
-            warmup_steps, timed_steps)
+            warmup_steps, timed_steps, profile_dir)
         for mode in modes:
             step_s = statistics.median(step_times[mode])
             _, _, batch, selection = steps[mode]
