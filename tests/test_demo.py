@@ -34,3 +34,20 @@ def test_demo_end_to_end_prints_the_table(capsys, tmp_path):
     results = json.loads((work / "results.json").read_text())
     assert set(results) >= {"reference", "clm", "slm", "tokens"}
     assert results["tokens"] == 3 * 8 * 64
+
+
+def test_ctrl_c_in_a_run_stops_the_demo(capsys, tmp_path, monkeypatch):
+    """A run that stops for Ctrl-C/SIGTERM (summary "preempted") ends the demo there:
+    the later runs do not start and no table is printed; the same command resumes."""
+    from slm_jax.jobs import demo as demo_lib
+    started = []
+
+    def train(run_dir, **kwargs):
+        started.append(run_dir.rsplit("/", 1)[-1])
+        return {"preempted": True, "step": 1}
+    monkeypatch.setattr(demo_lib.train_lib, "train", train)
+    code, out = run_main(capsys, [
+        "--gin_file=gin/demo.gin", f"--gin.demo.work_dir={tmp_path / 'demo'}",
+        "--gin.demo.vocab_size=512"])
+    assert code == 0 and started == ["reference"]
+    assert "stopped during reference" in out.out and "| SLM student |" not in out.out

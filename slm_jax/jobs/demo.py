@@ -64,6 +64,9 @@ def demo(work_dir: str = "runs/demo", *, reference_steps: int = 150, student_ste
     results = {}
     for name, kwargs in runs.items():
         summary = train_lib.train(run_dir=os.path.join(work_dir, name), eval_data=eval_data, **kwargs)
+        if summary.get("preempted"):   # Ctrl-C / SIGTERM: the same command resumes here
+            print(f"[demo] stopped during {name}; run the same command to resume")
+            return results
         results[name] = summary["eval_loss"]
     data = runs["clm"]["data"]
     results["tokens"] = student_steps * data.global_batch_size * data.seq_len
