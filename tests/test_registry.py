@@ -37,3 +37,23 @@ def test_run_dispatches_and_refuses_unknown_jobs(monkeypatch):
     assert registry.run("train") == "trained"
     with pytest.raises(ValueError, match=r"run.job='nope' is not a job; choose one of"):
         registry.run("nope")
+
+
+def test_compilation_cache_dir_keeps_compiled_programs(tmp_path):
+    """`run.compilation_cache_dir`: a job's compiled programs land there (a fresh process:
+    JAX decides once per process whether the cache is on)."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp
+        from slm_jax.jobs import registry
+        registry.JOBS["square"] = lambda: float(jax.jit(lambda x: jnp.sin(x) ** 2)(1.0))
+        print(registry.run("square", compilation_cache_dir={str(tmp_path / 'cache')!r}))
+    """)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=repo, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(tmp_path / "cache")
