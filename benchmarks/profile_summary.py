@@ -7,7 +7,9 @@ prints the XLA ops that take the most time, per mode.
 The trace is the one `python -m slm_jax.bench --gin.bench.profile_dir=DIR` writes
 (TensorBoard's profile plugin opens DIR; Perfetto opens DIR/**/perfetto_trace.json.gz);
 this script reads the Perfetto JSON: events inside each `train_step_<mode>` annotation
-are grouped by op name without its numeric suffix (fusion.12 -> fusion).
+are grouped by op name without its numeric suffix (fusion.12 -> fusion); ops of one
+step run on several threads, so shares are of the op time summed over threads. Profiling
+slows a CPU step down (each op is recorded): read the shares, not the times.
 """
 from __future__ import annotations
 
@@ -56,9 +58,12 @@ def summarize(events: list[dict], top: int) -> dict:
             entry["ops"][re.sub(r"[.\d]+$", "", e["name"])] += e["dur"]
     summary = {}
     for mode, entry in ops_by_mode.items():
-        n, total = entry["steps"], entry["step_us"]
-        summary[mode] = {"steps": n, "step_ms": total / n / 1e3, "ops": [
-            (op, us / n / 1e3, us / total) for op, us in entry["ops"].most_common(top)]}
+        # Ops of one step run on several threads at once: shares are of the summed op time.
+        n, op_total = entry["steps"], sum(entry["ops"].values())
+        summary[mode] = {"steps": n, "step_ms": entry["step_us"] / n / 1e3,
+                         "op_ms": op_total / n / 1e3, "ops": [
+                             (op, us / n / 1e3, us / op_total)
+                             for op, us in entry["ops"].most_common(top)]}
     return summary
 
 
@@ -77,8 +82,9 @@ def main(argv=None) -> int:
                     f"--gin.bench.timed_steps={args.timed_steps}",
                     "--gin.bench.select_tokens_count=0"], check=True, cwd=REPO)
     for mode, s in summarize(load_events(profile_dir), args.top).items():
-        print(f"\n{mode}: {s['steps']} traced steps, {s['step_ms']:.1f} ms/step")
-        print(f"  {'op':40s} {'ms/step':>9s} {'share':>7s}")
+        print(f"\n{mode}: {s['steps']} traced steps, {s['step_ms']:.1f} ms/step wall, "
+              f"{s['op_ms']:.1f} ms/step of XLA ops summed over threads")
+        print(f"  {'op':40s} {'thread-ms':>9s} {'share':>7s}")
         for op, ms, share in s["ops"]:
             print(f"  {op[:40]:40s} {ms:9.1f} {share:7.1%}")
     print(f"\ntrace: {profile_dir}")

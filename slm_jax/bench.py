@@ -17,4 +17,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from slm_jax import console
+    console.filter_native_stderr()
     sys.exit(main(sys.argv[1:]))

@@ -250,4 +250,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
+    from slm_jax import console
+    console.filter_native_stderr()
     sys.exit(main())
