@@ -1,7 +1,7 @@
-"""`python -m slm_jax.evaluate` (slm_jax/evaluate.py): its flags become the eval job's gin bindings."""
+"""`python -m slm_jax.evaluate` (slm_jax/evaluate.py): its flags become the eval job's gin bindings
+(built-in math datasets or lm-eval tasks)."""
 
-
-
+import pytest
 
 
 def test_evaluate_cli_flags():
@@ -14,3 +14,28 @@ def test_evaluate_cli_flags():
                      "--gin.math_eval.datasets=gsm8k=a.jsonl,math=b.jsonl",
                      "--gin.math_eval.out_dir=o", "--gin.math_eval.n_shot=4",
                      "--gin.ModelConfig.dtype=x"]
+
+
+def test_evaluate_cli_lm_eval_tasks_and_model_gin_beside_the_checkpoint(tmp_path):
+    from slm_jax import evaluate
+    (tmp_path / "model.gin").write_text("ModelConfig.d_model = 64\n")
+    (tmp_path / "checkpoints").mkdir()
+    flags = evaluate.to_main_flags(["--ckpt_dir", str(tmp_path / "checkpoints"), "--tokenizer",
+                                    "t", "--tasks", "gsm8k_cot,minerva_math", "--out", "o",
+                                    "--num_problems", "5", "--include_path", "my_tasks",
+                                    "--gen_kwargs", "max_gen_toks=64"])
+    assert flags == [f"--gin_file={tmp_path / 'model.gin'}", "--gin.run.job=eval",
+                     f"--gin.math_eval.checkpoint={tmp_path / 'checkpoints'}",
+                     "--gin.math_eval.vocab_path=t",
+                     "--gin.math_eval.tasks=gsm8k_cot,minerva_math", "--gin.math_eval.out_dir=o",
+                     "--gin.math_eval.num_problems=5", "--gin.math_eval.include_path=my_tasks",
+                     "--gin.math_eval.gen_kwargs=max_gen_toks=64"]
+
+
+def test_evaluate_cli_needs_one_source(capsys):
+    from slm_jax import evaluate
+    base = ["--ckpt_dir", "c", "--gin_file", "m.gin", "--tokenizer", "t", "--out", "o"]
+    for extra in ([], ["--data", "a=b.jsonl", "--tasks", "gsm8k_cot"]):
+        with pytest.raises(SystemExit):
+            evaluate.to_main_flags(base + extra)
+    assert "--data" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Few-shot prompt layouts and fitting (slm_jax/math_eval/prompts.py)."""
 
-
+import pytest
 
 from slm_jax.math_eval import prompts
 
@@ -28,3 +28,19 @@ def test_prompt_layout_and_fitting():
         "Question: Ann has 2+3 pens?\nAnswer: 2+3=5 The answer is 5."]
 
 
+
+
+def test_exemplars_from_a_question_answer_file(tmp_path):
+    path = tmp_path / "shots.jsonl"
+    path.write_text('{"question": "What is 1/2 of 4?", "answer": "2"}\n'
+                    '{"problem": "Solve $x+1=3$.", "solution": "So $x=2$. The final answer is '
+                    '$\\\\boxed{2}$."}\n')
+    records = prompts.load_exemplars(str(path))
+    assert prompts.exemplar_blocks(prompts.MATH, records) == [
+        "Problem: What is 1/2 of 4?\nSolution: The final answer is $\\boxed{2}$.",
+        "Problem: Solve $x+1=3$.\nSolution: So $x=2$. The final answer is $\\boxed{2}$."]
+    assert prompts.exemplar_blocks(prompts.GSM8K, records[:1]) == [
+        "Question: What is 1/2 of 4?\nAnswer: 2"]
+    path.write_text('{"question": "no answer"}\n')
+    with pytest.raises(ValueError, match="exemplar 0 needs"):
+        prompts.load_exemplars(str(path))

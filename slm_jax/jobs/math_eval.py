@@ -1,8 +1,17 @@
-"""The `eval` job (few-shot GSM8K/MATH accuracy of a checkpoint) and its training hook.
+"""The `eval` job (few-shot accuracy of a checkpoint) and its training hook.
+
+Two sources of problems:
+
+* built-in: GSM8K/MATH-style jsonl files (`datasets`), math-evaluation-harness prompts,
+  graded by slm_jax/math_eval/grader.py:
 
     python -m slm_jax.main --gin_file=gin/models/small.gin --gin.run.job=eval \\
       --gin.math_eval.checkpoint=runs/x/checkpoints --gin.math_eval.vocab_path=spm.model \\
       --gin.math_eval.datasets=gsm8k=test.jsonl --gin.math_eval.out_dir=runs/x/eval
+
+* lm-evaluation-harness tasks (`tasks`, e.g. gsm8k_cot,minerva_math) through the slm_jax
+  backend (slm_jax/jobs/harness_eval.py): --gin.math_eval.tasks=gsm8k_cot instead of
+  datasets; lm-eval's results_*.json and samples_*.jsonl go to out_dir.
 """
 
 from __future__ import annotations
@@ -14,16 +23,20 @@ import gin
 
 from slm_jax import model as model_lib
 from slm_jax.data import tokenizer
+from slm_jax.jobs import harness_eval
 from slm_jax.math_eval import problems as data_lib
-from slm_jax.math_eval import runner
+from slm_jax.math_eval import prompts, runner
 from slm_jax.model.generate import Generator
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
 
+BUILT_IN_MAX_NEW_TOKENS, LM_EVAL_MAX_GEN_TOKS = 512, 256
+
 
 def _load_tokenizer(vocab_path: str, model: model_lib.ModelConfig, binding: str):
     if not vocab_path:
-        raise ValueError(f"{binding} is not set; point it at the SentencePiece .model file")
+        raise ValueError(f"{binding} is not set; point it at the model's tokenizer (a "
+                         "SentencePiece .model, or a tokenizer.json or its directory)")
     sp = tokenizer.load_vocabulary(vocab_path).tokenizer
     if sp.GetPieceSize() > model.vocab_size:
         raise ValueError(f"{binding}={vocab_path!r} has {sp.GetPieceSize()} pieces, more than "
@@ -31,30 +44,55 @@ def _load_tokenizer(vocab_path: str, model: model_lib.ModelConfig, binding: str)
     return sp
 
 
+def _check_source(datasets, tasks) -> None:
+    if (datasets is None) == (tasks is None):
+        raise ValueError("set exactly one of math_eval.datasets (GSM8K/MATH jsonl files, "
+                         "built-in prompts) and math_eval.tasks (lm-eval task names, e.g. "
+                         "--gin.math_eval.tasks=gsm8k_cot)")
+
+
 @gin.configurable
 def math_eval(out_dir: str = gin.REQUIRED, *,
               checkpoint: str = gin.REQUIRED,
               vocab_path: str = gin.REQUIRED,
-              datasets=gin.REQUIRED,
+              datasets=None,
+              tasks=None,
               n_shot: int | None = None,
               num_problems: int | None = None,
-              max_new_tokens: int = 512,
+              max_new_tokens: int | None = None,
               batch_size: int = 16,
               exemplars: dict | None = None,
+              include_path: str | None = None,
+              include_defaults: bool = True,
+              gen_kwargs: str | None = None,
               model: model_lib.ModelConfig | None = None,
               mesh: sharding.MeshConfig | None = None) -> dict:
-    """Greedy few-shot accuracy of `checkpoint` on jsonl datasets (harness formats).
+    """Few-shot accuracy of `checkpoint` on jsonl `datasets` or on lm-eval `tasks`.
 
     Args:
-      out_dir: predictions_{name}.jsonl, results.json and results.md go here.
+      out_dir: built-in: predictions_{name}.jsonl, results.json and results.md; lm-eval:
+        its results_{date}.json and samples_{task}_{date}.jsonl.
       checkpoint: a `train` run's checkpoints/ directory (latest step) or one step's dir.
-      vocab_path: the model's SentencePiece model.
+      vocab_path: the model's tokenizer (SentencePiece .model, tokenizer.json or its dir).
       datasets: {"gsm8k": "test.jsonl", ...} or "gsm8k=a.jsonl,math=b.jsonl".
-      n_shot: exemplars per prompt; None: 8 for GSM8K-style, 4 for MATH-style data.
-      num_problems: the first N problems of each dataset (None: all).
-      exemplars: {name: jsonl of exemplars in the dataset's format}; default built-in.
+      tasks: lm-eval task names, "gsm8k_cot,minerva_math" or a list (instead of datasets).
+      n_shot: exemplars per prompt; None: 8 for GSM8K-style, 4 for MATH-style data, each
+        lm-eval task's own number.
+      num_problems: the first N problems of each dataset or task (None: all).
+      max_new_tokens: tokens to generate; None: 512 (built-in), lm-eval tasks' own or 256.
+      exemplars: {name: jsonl of exemplars (prompts.load_exemplars)}; default built-in.
+      include_path, include_defaults: lm-eval: a directory of your own task YAMLs, and
+        whether lm-eval's built-in tasks are indexed too.
+      gen_kwargs: lm-eval: generation settings over the tasks' ("max_gen_toks=128").
     """
+    _check_source(datasets, tasks)
     model = model or model_lib.ModelConfig()
+    if tasks is not None:
+        return harness_eval.evaluate_checkpoint(
+            out_dir, checkpoint=checkpoint, vocab_path=vocab_path, tasks=tasks, model=model,
+            mesh=mesh, batch_size=batch_size, max_gen_toks=max_new_tokens or LM_EVAL_MAX_GEN_TOKS,
+            limit=num_problems, num_fewshot=n_shot, include_path=include_path,
+            include_defaults=include_defaults, gen_kwargs=gen_kwargs)
     runtime = Runtime.from_config(mesh)
     specs = data_lib.parse_datasets(datasets)
     for name, path in specs.items():
@@ -66,7 +104,8 @@ def math_eval(out_dir: str = gin.REQUIRED, *,
         generator = Generator(model, mesh=runtime.mesh, rules=runtime.rules,
                               batch_size=batch_size)
         return runner.run(generator, params, sp, specs, out_dir, n_shot=n_shot,
-                          num_problems=num_problems, max_new_tokens=max_new_tokens,
+                          num_problems=num_problems,
+                          max_new_tokens=max_new_tokens or BUILT_IN_MAX_NEW_TOKENS,
                           exemplars=exemplars,
                           info={"checkpoint": os.path.abspath(checkpoint)})
 
@@ -86,7 +125,7 @@ class FewShotEvalConfig:
     n_shot: int | None = None      # None: 8 (GSM8K style) / 4 (MATH style)
     max_new_tokens: int = 256
     batch_size: int = 32
-    exemplars: str | None = None   # jsonl of exemplars; default built-in
+    exemplars: str | None = None   # jsonl of question/answer exemplars; default built-in
 
     def make_hook(self, context):
         """(params) -> {"{name}_accuracy": share correct}; the params keep their sharding.
@@ -99,7 +138,7 @@ class FewShotEvalConfig:
                              "--gin.FewShotEvalConfig.dataset to a GSM8K/MATH-style jsonl")
         sp = _load_tokenizer(vocab_path, model, "DataConfig.vocab_path")
         problems = data_lib.load_problems(self.dataset, self.num_problems)
-        records = data_lib.read_jsonl(self.exemplars) if self.exemplars else None
+        records = prompts.load_exemplars(self.exemplars) if self.exemplars else None
         generator = Generator(model, batch_size=self.batch_size)  # mesh: the trainer's context
 
         def hook(params) -> dict:

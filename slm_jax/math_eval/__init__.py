@@ -1,8 +1,11 @@
 """Few-shot math evaluation in the math-evaluation-harness format (GSM8K, MATH).
 
-    prompts.py   few-shot prompts ("Question:/Answer:" and "Problem:/Solution:")
-    grader.py    answer extraction, normalisation and equivalence
-    data.py      jsonl datasets in the harness's formats
+    prompts.py   few-shot prompts ("Question:/Answer:" and "Problem:/Solution:"), exemplars
+                 built in or from a jsonl file
+    grader.py    answer extraction and equivalence by math-verify: `grade`, the one grading path
+    problems.py  jsonl datasets in the harness's formats
     runner.py    generate, grade, write predictions and the accuracy table
-    job.py       the `eval` job and the few-shot eval hook for training (gin)
+
+The `eval` job and the few-shot training hook are slm_jax/jobs/math_eval.py; lm-eval
+tasks go through slm_jax/evals/.
 """

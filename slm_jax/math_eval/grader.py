@@ -1,19 +1,36 @@
-"""Answer extraction, normalisation and equivalence for GSM8K- and MATH-style outputs.
+"""Grading GSM8K- and MATH-style outputs: extract the final answer, check it with math-verify.
+
+`grade(generation, gold)` is the one grading path: the `eval` job, the in-training
+few-shot hook and the `experiment` job all call it.
 
 extract_answer looks, in order, for "final answer is $X$", the last \\boxed{X}
-(balanced braces), a "#### X" line, "the answer is X", and finally the last number.
-normalize_answer strips $, units, \\text{}, \\left/\\right, thousands separators,
-spaces, a trailing "." and a leading "+", and rewrites \\dfrac/\\tfrac and a/b as \\frac.
-is_equiv accepts equal normalised strings, or numbers (ints, decimals, simple
-fractions and their negatives) equal to a relative tolerance of 1e-4.
+(balanced braces), a "#### X" line, "the answer is X" (a number followed by words
+keeps the number: "18 dollars" -> "18"), and finally the last number.
+
+is_equiv reads both answers as LaTeX math and asks math-verify (HuggingFace's
+verifier, what lm-eval's minerva_math and open leaderboards use) whether they are the
+same: symbolic equality (2\\sqrt{2} = \\sqrt{8}), numbers in any notation (\\frac{1}{2},
+0.5, 1/2, 50\\%), intervals, sets and tuples, units in \\text{}, \\boxed{}, "x = 5".
+Answers it cannot parse are equal only when their text is (spaces and $ aside).
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
+import functools
 import re
+import threading
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+# A number, then words: "18 dollars", "$5 per hour" (units a verifier reads as variables).
+_NUMBER_THEN_WORDS = re.compile(r"^(\\?\$?\s*-?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s+[A-Za-z]")
+_TIMEOUT_S = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class Grade:
+    prediction: str   # the extracted final answer ("" when there is none)
+    correct: bool
 
 
 def last_boxed(text: str) -> str | None:
@@ -44,6 +61,13 @@ def _after(text: str, marker: str) -> str:
     return rest.split("\n")[0].strip()
 
 
+def _stated_answer(text: str) -> str:
+    """The first sentence after "answer is", a leading number without its unit words."""
+    rest = re.sub(r"\.\s.*$", "", _after(text, "answer is")).strip().rstrip(".").strip()
+    number = _NUMBER_THEN_WORDS.match(rest)
+    return number.group(1) if number else rest
+
+
 def extract_answer(text: str) -> str:
     """The final answer in a generated solution ("" when there is none)."""
     final = re.findall(r"final answer is\s*\$(.+?)\$", text, flags=re.IGNORECASE | re.DOTALL)
@@ -57,90 +81,56 @@ def extract_answer(text: str) -> str:
     if hashes:
         return hashes[-1].strip()
     if "answer is" in text.lower():
-        rest = _after(text, "answer is")
-        rest = re.sub(r"\.\s.*$", "", rest).strip().rstrip(".")  # first sentence only
-        if rest:
-            return rest.strip()
+        stated = _stated_answer(text)
+        if stated:
+            return stated
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else ""
 
 
-def _fix_fracs(s: str) -> str:
-    """\\frac12 -> \\frac{1}{2}, \\frac1{b} -> \\frac{1}{b}, \\frac{a}2 -> \\frac{a}{2}."""
-    s = re.sub(r"\\frac\s*(\d)\s*(\d)", r"\\frac{\1}{\2}", s)
-    s = re.sub(r"\\frac\s*(\d)\s*\{", r"\\frac{\1}{", s)
-    s = re.sub(r"\\frac\s*(\{[^{}]*\})\s*(\d)", r"\\frac\1{\2}", s)
-    return s
+def _timeout() -> int | None:
+    # math-verify times out by SIGALRM, which only the main thread may set.
+    return _TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
 
-_UNIT_WORD = r"[a-zA-Z][a-zA-Z\s\.\^\d]*"
+def _as_math(answer: str) -> str:
+    """An extracted answer as LaTeX math: "\\$" is a currency sign, not a delimiter."""
+    text = answer.strip().replace("\\$", "")
+    return text if "$" in text or "\\boxed" in text else f"${text}$"
 
 
-def normalize_answer(answer: str | None) -> str:
-    """A canonical string for comparison (see the module docstring)."""
-    if answer is None:
-        return ""
-    s = str(answer).strip()
-    s = s.replace("\n", " ").strip()
-    # Outer \boxed{...}
-    boxed = last_boxed(s) if s.startswith(("\\boxed", "\\fbox")) else None
-    s = boxed if boxed is not None else s
-    s = s.replace("\\$", "").replace("$", "")
-    for cmd in ("\\left", "\\right", "\\!", "\\,", "\\;", "\\:", "\\displaystyle"):
-        s = s.replace(cmd, "")
-    s = s.replace("\\ ", " ")
-    s = re.sub(r"\^\s*\{?\\circ\}?", "", s).replace("°", "")
-    s = s.replace("\\%", "").replace("%", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    # Units: a trailing \text{...} after something else, then \text{X} -> X.
-    s = re.sub(r"(?<=\S)\s*\\(?:text|mbox|mathrm)\{\s*[a-zA-Z][a-zA-Z\s\.]*\}\s*$", "", s)
-    s = re.sub(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}", r"\1", s)
-    s = s.strip().rstrip(".").strip()
-    # "x = 5" / "k=5": a short variable name on the left.
-    m = re.match(r"^[a-zA-Z](?:_\{?\w+\}?)?\s*=\s*(.+)$", s)
-    if m:
-        s = m.group(1)
-    # "5 dollars", "12 cm^2", "3.5 hours": a number followed by words.
-    m = re.match(r"^([-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+))\s+" + _UNIT_WORD + r"$", s)
-    if m:
-        s = m.group(1)
-    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # 1,000 -> 1000
-    s = _fix_fracs(s)
-    s = re.sub(r"\\sqrt\s*(\w)", r"\\sqrt{\1}", s)  # \sqrt2 -> \sqrt{2}
-    s = s.replace(" ", "")
-    if s.startswith("+"):
-        s = s[1:]
-    s = s.rstrip(".")
-    s = re.sub(r"^(-?)\.(\d)", r"\g<1>0.\2", s)  # .5 -> 0.5
-    s = re.sub(r"^(-?\d+)/(\d+)$", r"\\frac{\1}{\2}", s)  # 3/4 -> \frac{3}{4}
-    if re.fullmatch(r"\{[^{}]*\}", s):
-        s = s[1:-1]
-    return s
+def _math_verify():
+    # Imported on first use: jobs that never grade start without sympy and its parser.
+    try:
+        import math_verify
+    except ImportError as e:
+        raise ImportError("grading math answers needs math-verify: pip install "
+                          "math-verify==0.9.0") from e
+    return math_verify
 
 
-def to_number(s: str) -> float | None:
-    """A normalised answer as a number: int, decimal, or ±\\frac{int}{int}; else None."""
-    if re.fullmatch(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?", s):
-        return float(s)
-    m = re.fullmatch(r"(-?)\\frac\{(-?\d+(?:\.\d+)?)\}\{(-?\d+(?:\.\d+)?)\}", s)
-    if m:
-        num, den = float(m.group(2)), float(m.group(3))
-        if den == 0:
-            return None
-        value = num / den
-        return -value if m.group(1) else value
-    return None
+@functools.lru_cache(maxsize=4096)
+def _parsed(answer: str) -> tuple:
+    return tuple(_math_verify().parse(_as_math(answer), parsing_timeout=_timeout()))
 
 
-def is_equiv(prediction: str | None, ground_truth: str | None, rel_tol: float = 1e-4) -> bool:
-    """Equal after normalisation, or numerically equal (rel_tol) when both are numbers."""
-    pred, gt = normalize_answer(prediction), normalize_answer(ground_truth)
-    if not pred or not gt:
+def _plain(answer: str) -> str:
+    return re.sub(r"[\s$]", "", answer)
+
+
+def is_equiv(prediction: str | None, gold: str | None) -> bool:
+    """Whether math-verify finds `prediction` equal to `gold` (see the module docstring)."""
+    prediction, gold = (prediction or "").strip(), (gold or "").strip()
+    if not prediction or not gold:
         return False
-    if pred == gt:
+    gold_parsed, prediction_parsed = _parsed(gold), _parsed(prediction)
+    if gold_parsed and prediction_parsed and _math_verify().verify(
+            list(gold_parsed), list(prediction_parsed), timeout_seconds=_timeout()):
         return True
-    a, b = to_number(pred), to_number(gt)
-    if a is not None and b is not None:
-        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
-    return False
+    return _plain(prediction) == _plain(gold)
 
+
+def grade(generation: str, gold: str) -> Grade:
+    """The final answer of a generated solution and whether it equals `gold`."""
+    prediction = extract_answer(generation or "")
+    return Grade(prediction, is_equiv(prediction, gold))

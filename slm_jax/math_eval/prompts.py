@@ -4,12 +4,15 @@ GSM8K style: "Question: {question}\\nAnswer: {reasoning} The answer is {answer}.
 exemplars joined by "\\n\\n", then "Question: {test}\\nAnswer:"; generation stops at
 "\\n\\nQuestion:". MATH style: "Problem: {problem}\\nSolution: {solution}" with the
 solution ending in "The final answer is $\\boxed{...}$.", stop at "\\n\\nProblem:".
-The built-in exemplars are this project's own; pass a jsonl of exemplars (same
-formats as the datasets) to use others.
+The built-in exemplars are this project's own; `load_exemplars` reads others from a
+jsonl file: {"question", "answer"} lines (a GSM8K-harness answer with its "#### 42" line, or
+a bare final answer for MATH), or {"problem", "solution"} lines for MATH.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Callable, Sequence
 
@@ -78,19 +81,35 @@ def exemplar_blocks(style: str, records: Sequence[dict] | None = None) -> list[s
     blocks = []
     for rec in records:
         if style == GSM8K:
-            answer = rec["answer"]
+            question = rec.get("question", rec.get("problem"))
             # Harness GSM8K answers: calculator annotations and a final "#### 42" line.
-            answer = re.sub(r"<<[^>]*>>", "", answer)
+            answer = re.sub(r"<<[^>]*>>", "", str(rec.get("answer", rec.get("solution"))))
             m = re.search(r"####\s*(.+)\s*$", answer)
             if m:
                 reasoning = answer[:m.start()].strip().replace("\n", " ")
-                blocks.append(gsm8k_block(rec["question"], reasoning, m.group(1).strip()))
+                blocks.append(gsm8k_block(question, reasoning, m.group(1).strip()))
             else:
-                blocks.append(f"{gsm8k_block(rec['question'])} {answer.strip()}")
+                blocks.append(f"{gsm8k_block(question)} {answer.strip()}")
         else:
             solution = rec.get("solution") or f"The final answer is $\\boxed{{{rec['answer']}}}$."
-            blocks.append(math_block(rec["problem"], solution))
+            blocks.append(math_block(rec.get("problem", rec.get("question")), solution))
     return blocks
+
+
+def load_exemplars(path: str) -> list[dict]:
+    """Exemplar records from a jsonl file; each needs a question (or problem) and an answer
+    (or solution)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"exemplar file {path!r} does not exist")
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    for i, rec in enumerate(records):
+        if not ({"question", "problem"} & set(rec) and {"answer", "solution"} & set(rec)):
+            raise ValueError(f"{path}: exemplar {i} needs a question (or problem) and an "
+                             f"answer (or solution); it has keys {sorted(rec)}")
+    if not records:
+        raise ValueError(f"exemplar file {path!r} holds no exemplars")
+    return records
 
 
 def build_prompt(style: str, query: str, exemplars: Sequence[str], n_shot: int) -> str:

@@ -39,10 +39,9 @@ def solve(generator, params, sp, problems: list[data_lib.Problem], *, n_shot: in
             eos_id=eos, stop_strings=prompts.STOP_STRINGS[style], decode=sp.decode, seed=seed)
         for i, (_, used), completion in zip(members, encoded, completions):
             problem = problems[i]
-            prediction = grader.extract_answer(completion.text)
+            graded = grader.grade(completion.text, problem.answer)
             rows[i] = {"idx": problem.idx, "question": problem.query, "answer": problem.answer,
-                       "prediction": prediction,
-                       "correct": grader.is_equiv(prediction, problem.answer),
+                       "prediction": graded.prediction, "correct": graded.correct,
                        "generation": completion.text, "n_shot": used,
                        "finish_reason": completion.finish_reason}
     return rows
@@ -76,7 +75,7 @@ def run(generator, params, sp, datasets: dict[str, str], out_dir: str, *,
     for name, path in datasets.items():
         problems = data_lib.load_problems(path, num_problems)
         shots_from = (exemplars or {}).get(name)
-        records = data_lib.read_jsonl(shots_from) if shots_from else None
+        records = prompts.load_exemplars(shots_from) if shots_from else None
         rows = solve(generator, params, sp, problems, n_shot=n_shot,
                      max_new_tokens=max_new_tokens, exemplars=records)
         write_predictions(os.path.join(out_dir, f"predictions_{name}.jsonl"), rows)
