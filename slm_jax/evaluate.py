@@ -83,4 +83,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from slm_jax import console
+    console.filter_native_stderr()
     sys.exit(main())
