@@ -1,8 +1,13 @@
 """Pieces of the miniature experiment (slm_jax/jobs/experiment.py): grading, curve crossing,
 greedy decoding, plot."""
 
+import json
+import os
+import types
+
 import jax
 import numpy as np
+import pytest
 
 from slm_jax.jobs import experiment
 from slm_jax.math_eval import grader
@@ -55,3 +60,60 @@ def test_summary_and_plot(tmp_path):
     assert abs(summary["speedup"] - 200 / 150) < 1e-9
     experiment.plot_curves(curves, str(tmp_path / "c.png"), 0.6)
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_selection_variants_are_named_and_checked_before_any_work():
+    selections = experiment.variant_selections(
+            [("excess", "batch"), ("student", "batch"), ["excess", "document"]], 0.6)
+    assert list(selections) == ["slm", "slm_student_batch", "slm_excess_document"]
+    assert all(s.mode == "slm_offline" and s.ratio == 0.6 for s in selections.values())
+    assert selections["slm_excess_document"].scope == "document"
+    with pytest.raises(ValueError, match="--gin.SelectionConfig.score="):
+        experiment.variant_selections([("loss", "batch")], 0.6)
+    with pytest.raises(ValueError, match="\\(score, scope\\) pair"):
+        experiment.variant_selections(["student"], 0.6)
+
+
+def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, monkeypatch):
+    """The whole job with training, scoring and data replaced by fakes: the plumbing only."""
+    trained = {}
+
+    def fake_train(run_dir, *, selection, data=None, **kwargs):
+        name = os.path.basename(run_dir)
+        trained[name] = (selection, data, kwargs.get("scored_data"))
+        final = {"clm": 2.0, "slm": 1.5, "slm_student_batch": 2.5}.get(name, 1.0)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+            for step, loss in [(10, 3.0), (20, final)]:
+                f.write(json.dumps({"step": step, "eval_loss": loss}) + "\n")
+        return {"eval_loss": 1.0}
+
+    data = types.SimpleNamespace(seed=0, global_batch_size=2, seq_len=5, vocab_path="v")
+    corpus = types.SimpleNamespace(web_tfrecord="w", clean_tfrecord="c", eval_tfrecord="e",
+                                   eval_problems="p")
+    monkeypatch.setattr(experiment, "prepare_demo_data",
+                        lambda *a, **k: (corpus, lambda *a, **k: data))
+    monkeypatch.setattr(experiment, "train_lib", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setattr(experiment, "scoring", types.SimpleNamespace(score=lambda *a, **k: None))
+    monkeypatch.setattr(experiment, "make_accuracy_hook", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "plot_curves", lambda *a, **k: None)
+
+    summary = experiment.experiment(
+            str(tmp_path), ratio=0.6,
+            selection_variants=[("student", "batch"), ("excess", "document"), ("excess", "batch")])
+    students = ["slm", "slm_student_batch", "slm_excess_document", "clm"]
+    assert [n for n in trained if n not in ("base", "reference")] == students
+    assert all(trained[n][1] is data and trained[n][2] == str(tmp_path / "scored")
+               for n in students)
+    assert trained["slm_student_batch"][0].score == "student"
+    assert trained["slm_excess_document"][0].scope == "document"
+    variants = summary["variants"]
+    assert list(variants) == ["slm_student_batch", "slm_excess_document", "slm"]
+    assert variants["slm_excess_document"]["tokens_to_reach_clm_final_loss"] == 150
+    assert variants["slm_student_batch"]["tokens_to_reach_clm_final_loss"] is None
+    assert variants["slm"]["final_loss"] == 1.5
+    table = (tmp_path / "results.md").read_text()
+    assert "| slm_excess_document | excess | document | 150 | 1.0000 |" in table
+    assert "| slm_student_batch | student | batch | not reached | 2.5000 |" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["curves"]) >= set(students)

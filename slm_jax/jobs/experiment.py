@@ -6,6 +6,9 @@
   slm, clm   both from base, on exactly the same scored web batches (step 3 vs
              the baseline), evaluated every `eval_every` steps on the held-out
              clean split: loss and exact-match accuracy of greedy answers.
+  variants   optional extra SLM students, one per (score, scope) pair in
+             `selection_variants` (token- vs document-level selection, ranking
+             by excess / student / reference loss), same tokens and evals.
 
 Writes curves.png (held-out loss and accuracy against tokens seen, the
 paper's Figure 1 in small), results.md and results.json into work_dir.
@@ -43,7 +46,7 @@ def make_accuracy_hook(problems_path: str, vocab_path: str, model: model_lib.Mod
 
     def hook(params):
         outputs = greedy_generate(params, model, prompts, max_new_tokens=max_new_tokens, eos_id=eos)
-        correct = [grader.is_equiv(grader.extract_answer(sp.decode(out)), p["answer"])
+        correct = [grader.grade(sp.decode(out), p["answer"]).correct
                    for out, p in zip(outputs, problems)]
         return {"accuracy": float(np.mean(correct))}
     return hook
@@ -113,6 +116,44 @@ def summarize(curves: dict, ratio: float) -> tuple[str, dict]:
     return "\n".join(lines), {"tokens_to_reach_clm_final_loss": reach, "speedup": speedup}
 
 
+def variant_selections(variants, ratio: float) -> dict[str, SelectionConfig]:
+    """{run name: SelectionConfig} of the extra SLM students, checked before any work.
+
+    The Rho-1 pair ('excess', 'batch') is the "slm" student itself, not trained twice.
+    """
+    main = SelectionConfig(mode="slm_offline", ratio=ratio)
+    selections = {}
+    for variant in variants:
+        if not (isinstance(variant, (tuple, list)) and len(variant) == 2):
+            raise ValueError(
+                    f"experiment.selection_variants holds {variant!r}; each entry is a "
+                    "(score, scope) pair, e.g. --gin.experiment.selection_variants="
+                    "\"[('student', 'batch'), ('excess', 'document')]\".")
+        score, scope = variant
+        selection = SelectionConfig(mode="slm_offline", ratio=ratio, score=score, scope=scope)
+        selections["slm" if selection == main else f"slm_{score}_{scope}"] = selection
+    return selections
+
+
+def summarize_variants(curves: dict, selections: dict[str, SelectionConfig]) -> tuple[str, dict]:
+    """One row per SLM variant: tokens to reach CLM's final loss, and its own final loss."""
+    clm = curves["clm"]
+    target = clm["loss"][-1]
+    lines = [f"Selection variants (CLM: {target:.4f} after {clm['tokens'][-1]:,} tokens)", "",
+             "| run | score | scope | tokens to reach CLM's final loss | final held-out loss |",
+             "|---|---|---|---|---|"]
+    rows = {}
+    for name, selection in selections.items():
+        curve = curves[name]
+        reach = tokens_to_reach(curve["tokens"], curve["loss"], target)
+        rows[name] = {"score": selection.score, "scope": selection.scope,
+                      "tokens_to_reach_clm_final_loss": reach, "final_loss": curve["loss"][-1]}
+        reached = f"{reach:,.0f}" if reach else "not reached"
+        lines.append(f"| {name} | {selection.score} | {selection.scope} | {reached} | "
+                     f"{curve['loss'][-1]:.4f} |")
+    return "\n".join(lines), rows
+
+
 @gin.configurable
 def experiment(work_dir: str = "runs/experiment", *,
                base_steps: int = 60,
@@ -123,9 +164,16 @@ def experiment(work_dir: str = "runs/experiment", *,
                eval_problems: int = 64,
                max_new_tokens: int = 96,
                vocab_size: int = 2048,
-               corpus_seed: int = 0) -> dict:
-    """Runs base -> reference -> scoring -> SLM and CLM students; returns the summary."""
+               corpus_seed: int = 0,
+               selection_variants=()) -> dict:
+    """Runs base -> reference -> scoring -> SLM and CLM students; returns the summary.
+
+    selection_variants: (score, scope) pairs (`SelectionConfig.score`/`.scope`),
+        each trained as one more SLM student at `ratio` on the same scored tokens,
+        e.g. [('student', 'batch'), ('reference', 'batch'), ('excess', 'document')].
+    """
     SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
+    variants = variant_selections(selection_variants, ratio)
     corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
     web, clean = data_on(corpus.web_tfrecord), data_on(corpus.clean_tfrecord)
     # The students see a different slice of the web stream than the base did.
@@ -145,18 +193,22 @@ def experiment(work_dir: str = "runs/experiment", *,
                                                 model=model, dtype="float32"))
     hook = make_accuracy_hook(corpus.eval_problems, student_web.vocab_path, model,
                               num_problems=eval_problems, max_new_tokens=max_new_tokens)
-    for name, selection in [("slm", SelectionConfig(mode="slm_offline", ratio=ratio)),
-                            ("clm", SelectionConfig(mode="clm"))]:
+    students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio), **variants,
+                "clm": SelectionConfig(mode="clm")}
+    for name, selection in students.items():
         train_lib.train(run_dir=path(name), data=student_web, num_steps=student_steps,
                         selection=selection, scored_data=path("scored"),
                         init_checkpoint=path("base", "checkpoints"), eval_data=eval_data,
                         eval_every=eval_every, evals=[hook])
 
     tokens_per_step = student_web.global_batch_size * student_web.seq_len
-    curves = {name: read_curve(path(name), tokens_per_step) for name in ("slm", "clm")}
+    curves = {name: read_curve(path(name), tokens_per_step) for name in students}
     curves["reference_loss"] = reference["eval_loss"]
     plot_curves(curves, path("curves.png"), ratio)
     table, summary = summarize(curves, ratio)
+    if variants:
+        variant_table, summary["variants"] = summarize_variants(curves, variants)
+        table += "\n\n" + variant_table
     print(table)
     with open(path("results.md"), "w") as f:
         f.write(table + "\n\n![curves](curves.png)\n")

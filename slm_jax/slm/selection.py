@@ -5,8 +5,10 @@ student then trains only on the top `ratio` share of tokens ranked by
 
         excess_loss = student_loss - reference_loss
 
-Rho-1 ranks the tokens of a whole batch together (`scope="batch"`); ranking
-each row alone (`scope="sequence"`) is the ablation.
+Rho-1 ranks the tokens of a whole batch together (`scope="batch"`). The
+ablations: rank each row alone (`scope="sequence"`); keep whole documents by
+their mean score (`scope="document"`, token- vs document-level selection);
+rank by the student's loss alone or by the reference's (`SelectionConfig.score`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,20 @@ import gin
 import jax
 import jax.numpy as jnp
 
-SCOPES = ("batch", "sequence")
+SCOPES = ("batch", "sequence", "document")
 MODES = ("clm", "slm", "slm_offline")
+# What is ranked, highest kept: Rho-1's excess loss, the student's loss alone
+# (plain hard-token mining, no reference needed to rank), or the negated
+# reference loss (keep what the reference finds easiest, i.e. most "clean").
+SCORES = ("excess", "student", "reference")
 # How the m-th largest excess loss is found. All but "approx" are exact and
 # select the same tokens; "approx" (lax.approx_max_k, TPU-friendly) may keep
 # slightly more or fewer than m and is only used when asked for by name.
 # "bisect" is the default: at a 1M-token batch it is the fastest exact one
 # (`python -m slm_jax.bench`, docs/performance.md) and needs no gather.
 METHODS = ("bisect", "top_k", "sort", "approx")
+# A document budget is a weighted count, which top_k cannot express.
+DOCUMENT_METHODS = ("bisect", "sort")
 
 
 @gin.configurable
@@ -40,14 +48,21 @@ class SelectionConfig:
         `score` job with the batch, so the step runs no reference forward.
     ratio: share of valid tokens kept in the slm modes, in (0, 1].
     scope: "batch" ranks all tokens of the (micro-)batch together, "sequence"
-        ranks each row separately.
+        ranks each row separately, "document" keeps whole documents (runs of
+        one segment id in a row) by their mean score, see `select_tokens`.
     method: how the threshold is found (`METHODS`; see `select_tokens`).
+    score: what is ranked, highest kept (`selection_score`): "excess"
+        (student - reference loss, Rho-1), "student" (the student's loss) or
+        "reference" (minus the reference's loss). "student" ignores the
+        reference for ranking; in mode "slm" the reference forward still runs
+        so that the ref_loss/excess_loss metrics stay the same.
     """
 
     mode: str = "clm"
     ratio: float = 1.0
     scope: str = "batch"
     method: str = "bisect"
+    score: str = "excess"
 
     @property
     def selects(self) -> bool:
@@ -62,11 +77,30 @@ class SelectionConfig:
         if self.scope not in SCOPES:
             raise ValueError(
                     f"SelectionConfig.scope={self.scope!r} is not one of {SCOPES}; set "
-                    "SelectionConfig.scope='batch' or 'sequence'.")
+                    "SelectionConfig.scope='batch', 'sequence' or 'document'.")
         if self.method not in METHODS:
             raise ValueError(
                     f"SelectionConfig.method={self.method!r} is not one of {METHODS}; set "
                     "SelectionConfig.method='bisect' (exact, default) or 'top_k'.")
+        if self.scope == "document" and self.method not in DOCUMENT_METHODS:
+            raise ValueError(
+                    f"SelectionConfig.method={self.method!r} does not apply to scope "
+                    f"'document'; set --gin.SelectionConfig.method='bisect' or 'sort'.")
+        if self.score not in SCORES:
+            raise ValueError(
+                    f"--gin.SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
+                    "--gin.SelectionConfig.score='excess' (Rho-1), 'student' or 'reference'.")
+
+
+def selection_score(score: str, student_loss, reference_loss):
+    """The per-token score `select_tokens` ranks (highest kept), per `SCORES`."""
+    if score == "excess":
+        return student_loss - reference_loss
+    if score == "student":
+        return student_loss
+    if score == "reference":
+        return -reference_loss
+    raise ValueError(f"score={score!r} is not one of {SCORES}.")
 
 
 def validate_ratio(ratio: float, binding: str = "ratio") -> None:
@@ -107,15 +141,23 @@ def _sortable_keys(score_N):
     return jnp.where(negative_N, ~bits_N, bits_N | jnp.uint32(1 << 31))
 
 
-def _kth_largest_key(keys_N, m):
+def _kth_largest_key(keys_N, m, counts_N=None):
     """The m-th largest key (m >= 1), built bit by bit from the top.
 
+    With counts_N, key i stands for counts_N[i] units: the largest key with
+    at least m units at or above it.
     32 passes of a count over the scope: under sharding each is a scalar
     all-reduce, where top_k or a sort first gathers every score.
     """
+    def units_at_or_above(candidate):
+        at_or_above_N = keys_N >= candidate
+        if counts_N is None:
+            return at_or_above_N.sum()
+        return jnp.where(at_or_above_N, counts_N, 0).sum()
+
     def set_bit(i, key):
         candidate = key | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        return jnp.where((keys_N >= candidate).sum() >= m, candidate, key)
+        return jnp.where(units_at_or_above(candidate) >= m, candidate, key)
     return jax.lax.fori_loop(0, 32, set_bit, jnp.uint32(0))
 
 
@@ -156,41 +198,154 @@ def _select_flat(excess_N, valid_N, ratio: float, method: str = "bisect"):
     return keep_N.astype(jnp.float32)
 
 
-def select_tokens(excess_loss, loss_weights, ratio: float,
-                                    scope: str = "batch", method: str = "bisect"):
-    """Mask of the top `ratio` share of valid tokens by excess loss.
+def _document_index(segment_ids_BT):
+    """Index of each position's document within its row, [B, T] int32.
+
+    A document is a run of equal segment ids: a new one starts wherever the
+    id changes, so a packed row's documents are 0, 1, 2, ... left to right.
+    """
+    change_BT = segment_ids_BT[:, 1:] != segment_ids_BT[:, :-1]
+    starts_BT = jnp.concatenate([jnp.ones_like(change_BT[:, :1]), change_BT], axis=1)
+    return jnp.cumsum(starts_BT.astype(jnp.int32), axis=1) - 1
+
+
+def _document_totals(score_BT, valid_BT, doc_BT):
+    """Per (row, document) slot: weighted-token count and mean score, [B, D=T].
+
+    Row-local segment sums: rows sharded over devices need no communication.
+    Slots with no weighted token get count 0 and mean 0 (they select nothing).
+    """
+    num_slots = score_BT.shape[1]
+    row_sums = jax.vmap(lambda x_T, d_T: jax.ops.segment_sum(x_T, d_T, num_segments=num_slots))
+    count_BD = row_sums(valid_BT.astype(jnp.int32), doc_BT)
+    # Clipped to finite, so +inf and -inf scores in one document do not sum to NaN.
+    big = jnp.finfo(jnp.float32).max
+    clipped_BT = jnp.clip(score_BT.astype(jnp.float32), -big, big)
+    total_BD = row_sums(jnp.where(valid_BT, clipped_BT, 0.0), doc_BT)
+    return count_BD, total_BD / jnp.maximum(count_BD, 1)
+
+
+def _exclusive_cumsum_rowmajor(x_BD):
+    """Sum of x over every earlier slot in row-major order, [B, D].
+
+    Within-row cumsums plus the cumsum of the B row totals: only B scalars
+    cross devices when rows are sharded.
+    """
+    within_BD = jnp.cumsum(x_BD, axis=1)
+    row_total_B = within_BD[:, -1]
+    rows_before_B = jnp.cumsum(row_total_B) - row_total_B
+    return within_BD - x_BD + rows_before_B[:, None]
+
+
+def _keep_documents_bisect(keys_BD, count_BD, m):
+    """Keep rule of `select_tokens` (scope "document") by a weighted bisection."""
+    # The crossing document's key: the largest key with >= m tokens at or above it.
+    threshold = _kth_largest_key(keys_BD, jnp.maximum(m, 1), count_BD)
+    has_tokens_BD = count_BD > 0
+    above_BD = has_tokens_BD & (keys_BD > threshold)
+    tied_BD = has_tokens_BD & (keys_BD == threshold)
+    # Every document above the threshold comes first and they hold < m tokens;
+    # tied ones follow in slot order while fewer than m tokens precede them.
+    room = m - jnp.where(above_BD, count_BD, 0).sum()
+    tied_before_BD = _exclusive_cumsum_rowmajor(jnp.where(tied_BD, count_BD, 0))
+    return above_BD | (tied_BD & (tied_before_BD < room))
+
+
+def _keep_documents_sorted(keys_BD, count_BD, m):
+    """Keep rule of `select_tokens` (scope "document") by one sort of all slots."""
+    keys_D, count_D = keys_BD.reshape(-1), count_BD.reshape(-1)
+    # Descending key; the stable sort keeps equal keys in slot (row-major) order.
+    order_D = jnp.argsort(~keys_D, stable=True)
+    count_sorted_D = count_D[order_D]
+    before_sorted_D = jnp.cumsum(count_sorted_D) - count_sorted_D
+    keep_sorted_D = (count_sorted_D > 0) & (before_sorted_D < m)
+    return jnp.zeros_like(keep_sorted_D).at[order_D].set(keep_sorted_D).reshape(keys_BD.shape)
+
+
+def _select_documents(score_BT, valid_BT, segment_ids_BT, ratio: float, method: str):
+    """0/1 [B, T] mask of whole documents; the rule is in `select_tokens`."""
+    valid_BT = valid_BT & (segment_ids_BT != 0)
+    doc_BT = _document_index(segment_ids_BT)
+    count_BD, mean_BD = _document_totals(score_BT, valid_BT, doc_BT)
+    m = num_selected(count_BD.sum(), ratio)
+    keys_BD = _sortable_keys(mean_BD)
+    if method == "bisect":
+        keep_BD = _keep_documents_bisect(keys_BD, count_BD, m)
+    else:
+        keep_BD = _keep_documents_sorted(keys_BD, count_BD, m)
+    keep_BT = jnp.take_along_axis(keep_BD, doc_BT, axis=1) & valid_BT
+    return keep_BT.astype(jnp.float32)
+
+
+def _check_arguments(ratio: float, scope: str, method: str, segment_ids) -> None:
+    validate_ratio(ratio)
+    if scope not in SCOPES:
+        raise ValueError(f"scope={scope!r} is not one of {SCOPES}.")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not one of {METHODS}.")
+    if scope == "document" and method not in DOCUMENT_METHODS:
+        raise ValueError(f"method={method!r} does not apply to scope 'document'; "
+                         f"use one of {DOCUMENT_METHODS}.")
+    if scope == "document" and segment_ids is None:
+        raise ValueError("scope='document' needs segment_ids [B, T] (the batch's "
+                         "'segment_ids') to know where documents start.")
+
+
+def select_tokens(score, loss_weights, ratio: float, scope: str = "batch",
+                  method: str = "bisect", segment_ids=None):
+    """Mask of the top `ratio` share of valid tokens by score.
 
     Args:
-        excess_loss: [B, T] float, student loss minus reference loss per token.
+        score: [B, T] float, higher is kept first: the excess loss (student
+            loss minus reference loss) in Rho-1, see `selection_score`.
         loss_weights: [B, T] 0/1; weight-0 positions (padding, document
             boundaries) are never selected and do not count towards n.
         ratio: in (0, 1]. Within each scope, with n valid positions, exactly
             m = floor(ratio * n + 0.5) positions are kept (at least 1 if n >= 1),
             computed exactly with ratio read as a fraction (`ratio_fraction`).
             ratio = 1.0 keeps every valid token, so SLM at 100% is CLM.
-        scope: "batch" ranks all B*T positions together; "sequence" each row.
-        method: how the m-th largest excess loss is found: "bisect" (the
+        scope: "batch" ranks all B*T positions together; "sequence" each row;
+            "document" keeps whole documents, see below.
+        method: how the m-th largest score is found: "bisect" (the
             default: 32 counting passes over order-preserving integer keys,
             no gather of the scores across devices), "top_k" (jax.lax.top_k),
             "sort" -- all exact, the same mask -- or "approx"
             (jax.lax.approx_max_k; may keep a few more or fewer than m).
+            Scope "document" takes "bisect" or "sort" (the same mask).
+        segment_ids: [B, T] int, needed by scope "document" only.
+
+    Scope "document": a document is a run of equal nonzero segment ids within
+    a row (segment 0 is padding, never kept, not counted). n counts the
+    valid positions in documents over the whole batch, m is as above. Each
+    document is ranked by its mean score over its valid positions; documents
+    with none are ignored. Going down that ranking (equal means: the earlier
+    row, then the earlier document in the row, first), a document is kept
+    while fewer than m valid positions have been kept before it: the document
+    that reaches or crosses m is kept whole, so between m and
+    m + (its length - 1) positions are kept, never none when n >= 1, and
+    ratio = 1.0 keeps every document. Cost: two row-local segment sums over
+    [B, T]; then "bisect" does 32 weighted counts over the [B, T] document
+    slots (a scalar all-reduce each) and a cumsum whose only cross-row part
+    is B row totals, while "sort" gathers and sorts all B*T slots.
 
     Returns:
         float32 [B, T] 0/1 mask. Ties go to the lower flat index.
     """
-    validate_ratio(ratio)
-    if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not one of {SCOPES}.")
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}.")
-    excess_BT = jnp.asarray(excess_loss)
+    _check_arguments(ratio, scope, method, segment_ids)
+    score_BT = jnp.asarray(score)
     valid_BT = jnp.asarray(loss_weights) > 0
-    if excess_BT.ndim != 2 or excess_BT.shape != valid_BT.shape:
+    if score_BT.ndim != 2 or score_BT.shape != valid_BT.shape:
         raise ValueError(
-                f"select_tokens expects [B, T] excess_loss and loss_weights of the same "
-                f"shape, got {excess_BT.shape} and {valid_BT.shape}.")
-    batch, length = excess_BT.shape
+                f"select_tokens expects [B, T] score and loss_weights of the same "
+                f"shape, got {score_BT.shape} and {valid_BT.shape}.")
+    batch, length = score_BT.shape
+    if scope == "document":
+        segment_ids_BT = jnp.asarray(segment_ids)
+        if segment_ids_BT.shape != score_BT.shape:
+            raise ValueError(f"segment_ids has shape {segment_ids_BT.shape}, expected "
+                             f"{score_BT.shape} like the score.")
+        return _select_documents(score_BT, valid_BT, segment_ids_BT, ratio, method)
     if scope == "batch":
-        mask_N = _select_flat(excess_BT.reshape(-1), valid_BT.reshape(-1), ratio, method)
+        mask_N = _select_flat(score_BT.reshape(-1), valid_BT.reshape(-1), ratio, method)
         return mask_N.reshape(batch, length)
-    return jax.vmap(lambda e, v: _select_flat(e, v, ratio, method))(excess_BT, valid_BT)
+    return jax.vmap(lambda e, v: _select_flat(e, v, ratio, method))(score_BT, valid_BT)

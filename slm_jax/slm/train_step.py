@@ -5,8 +5,10 @@ excess loss, top-k mask and the optax update, all in one XLA program.
                                                         read from batch["ref_loss"]
                                                         in "slm_offline")
     loss_BT         = student(batch)
-    excess_BT       = loss_BT - ref_loss_BT
-    mask_BT         = select_tokens(excess_BT, weights_BT, ratio, scope)
+    score_BT        = loss_BT - ref_loss_BT            (SelectionConfig.score: or loss_BT,
+                                                        or -ref_loss_BT)
+    mask_BT         = select_tokens(score_BT, weights_BT, ratio, scope, method,
+                                    segment_ids_BT)    (scope "document" reads the ids)
     objective       = sum(mask_BT * loss_BT) / max(sum(mask_BT), 1)
 
 With gradient accumulation the batch is split into micro-batches; each
@@ -26,7 +28,7 @@ import optax
 
 from slm_jax.slm import losses
 from slm_jax import model as model_lib
-from slm_jax.slm.selection import SelectionConfig, select_tokens
+from slm_jax.slm.selection import SelectionConfig, select_tokens, selection_score
 
 Batch = dict[str, jax.Array]
 
@@ -90,9 +92,10 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         def objective(p):
             loss_BT = student_loss_fn(p, micro)
             if use_reference:
-                excess_BT = jax.lax.stop_gradient(loss_BT) - ref_loss_BT
-                mask_BT = select_tokens(excess_BT, weights_BT, selection.ratio, selection.scope,
-                                        selection.method)
+                score_BT = selection_score(selection.score, jax.lax.stop_gradient(loss_BT),
+                                           ref_loss_BT)
+                mask_BT = select_tokens(score_BT, weights_BT, selection.ratio, selection.scope,
+                                        selection.method, micro["segment_ids"])
             else:
                 mask_BT = weights_BT
             return (mask_BT * loss_BT).sum(), (loss_BT, mask_BT)
