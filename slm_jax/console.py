@@ -10,7 +10,6 @@ Every record, from every library, at INFO and up also goes to the log file of th
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import re
@@ -92,20 +91,34 @@ def setup() -> None:
     root.addHandler(handler)
 
 
-@contextlib.contextmanager
-def log_file(path: str):
-    """Every log record (all libraries, INFO+) also goes to `path` while inside."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setLevel(logging.INFO)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    # What C++ code wrote before this file existed (start-up) heads the file.
-    for line in _native_backlog:
-        handler.stream.write(f"(native stderr) {line}\n")
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield path
-    finally:
-        root.removeHandler(handler)
-        handler.close()
+class log_file:
+    """Every log record (all libraries, INFO+) also goes to `path` from `start()` (or from
+    entering, with `start=True`) until exit. A run starts it once its inputs have loaded,
+    so a run refused for bad input leaves its run_dir as it was."""
+
+    def __init__(self, path: str, start: bool = True):
+        self.path, self._start_on_enter, self._handler = path, start, None
+
+    def __enter__(self) -> "log_file":
+        if self._start_on_enter:
+            self.start()
+        return self
+
+    def start(self) -> None:
+        if self._handler is not None:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        handler = logging.FileHandler(self.path)
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter(FORMAT))
+        # What C++ code wrote before this file existed (start-up) heads the file.
+        for line in _native_backlog:
+            handler.stream.write(f"(native stderr) {line}\n")
+        logging.getLogger().addHandler(handler)
+        self._handler = handler
+
+    def __exit__(self, *exc) -> None:
+        if self._handler is not None:
+            logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None

@@ -174,7 +174,8 @@ def train(run_dir: str = gin.REQUIRED, *,
     _prepare_run_dir(run_dir)
     tx, schedule = make_optimizer(optimizer, num_steps)
     state_sh = runtime.state_shardings(model, tx)
-    with console.log_file(os.path.join(run_dir, "log.txt")), runtime.activate(), \
+    with console.log_file(os.path.join(run_dir, "log.txt"), start=False) as log, \
+            runtime.activate(), \
             ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
                                   checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:
         state, data_state = _initial_state(checkpointer, runtime, model, tx, state_sh, seed,
@@ -194,6 +195,7 @@ def train(run_dir: str = gin.REQUIRED, *,
                                                  where=checkpointer.step_dir(start)))
         # Written once every checkpoint, reference and data input has loaded, so
         # a run that fails on bad input leaves run_dir as it was.
+        log.start()
         write_run_record(run_dir, runtime.mesh, {
             "job": "train", "num_steps": num_steps, "grad_accum": grad_accum,
             "scored_data": scored_data, "reference_dtype": ref and ref.forward.dtype,
