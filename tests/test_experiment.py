@@ -117,3 +117,50 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
     assert "| slm_student_batch | student | batch | not reached | 2.5000 |" in table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["curves"]) >= set(students)
+
+
+def test_own_data_and_base_checkpoint_replace_the_embedded_corpus(tmp_path, monkeypatch):
+    """Your file patterns feed the runs (clean -> reference, web -> students, held-out ->
+    evals), the base checkpoint replaces the base run, and eval hooks with their metric make
+    the accuracy curve. Training and scoring are fakes: the plumbing only."""
+    trained = {}
+
+    def fake_train(run_dir, *, selection, data=None, **kwargs):
+        name = os.path.basename(run_dir)
+        trained[name] = dict(data=data, **kwargs)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+            for step, loss in [(10, 3.0), (20, 2.0 if name == "clm" else 1.5)]:
+                f.write(json.dumps({"step": step, "eval_loss": loss,
+                                    "eval_gsm8k_cot_exact_match": step / 100}) + "\n")
+        return {"eval_loss": 1.0}
+
+    def no_demo_corpus(*a, **k):
+        raise AssertionError("the embedded corpus must not be generated")
+    monkeypatch.setattr(experiment, "prepare_demo_data", no_demo_corpus)
+    monkeypatch.setattr(experiment, "train_lib", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setattr(experiment, "scoring", types.SimpleNamespace(score=lambda *a, **k: None))
+    monkeypatch.setattr(experiment, "plot_curves", lambda *a, **k: None)
+    hook = object()
+    experiment.experiment(str(tmp_path), web_files="/d/web-*.tfrecord",
+                          clean_files="/d/clean-*.tfrecord", heldout_files="/d/held-*.tfrecord",
+                          vocab_path="/ckpt/smollm2", base_checkpoint="/ckpt/smollm2",
+                          evals=[hook], accuracy_metric="gsm8k_cot_exact_match")
+    assert "base" not in trained
+    assert trained["reference"]["data"].file_pattern == "/d/clean-*.tfrecord"
+    assert trained["reference"]["init_checkpoint"] == "/ckpt/smollm2"
+    for name in ("slm", "clm"):
+        run = trained[name]
+        assert run["data"].file_pattern == "/d/web-*.tfrecord"
+        assert run["data"].vocab_path == "/ckpt/smollm2"
+        assert run["eval_data"].file_pattern == "/d/held-*.tfrecord"
+        assert run["init_checkpoint"] == "/ckpt/smollm2" and run["evals"] == [hook]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["curves"]["slm"]["accuracy"] == [0.1, 0.2]
+
+
+def test_own_data_needs_every_split_named_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="--gin.experiment.heldout_files=.*"
+                                         "--gin.experiment.vocab_path="):
+        experiment.experiment(str(tmp_path), web_files="/w", clean_files="/c")
+    assert not os.listdir(tmp_path)

@@ -10,12 +10,19 @@
              `selection_variants` (token- vs document-level selection, ranking
              by excess / student / reference loss), same tokens and evals.
 
+Your own data instead of the embedded corpus: `web_files`, `clean_files`,
+`heldout_files` (TFRecord patterns, e.g. from `python -m slm_jax.data.prepare`) and
+`vocab_path`; `base_checkpoint` (e.g. a converted SmolLM2) replaces the base run; the
+accuracy curve comes from `problems` (a jsonl of question/answer) or from eval hooks
+such as `[@HarnessEval()]` (lm-eval tasks) with `accuracy_metric` naming the one to plot.
+
 Writes curves.png (held-out loss and accuracy against tokens seen, the
 paper's Figure 1 in small), results.md and results.json into work_dir.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -64,13 +71,32 @@ def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> 
     return None
 
 
-def read_curve(run_dir: str, tokens_per_step: int) -> dict[str, list[float]]:
+def read_curve(run_dir: str, tokens_per_step: int,
+               accuracy_metric: str = "accuracy") -> dict[str, list[float]]:
     with open(os.path.join(run_dir, "eval.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     rows = list({r["step"]: r for r in rows}.values())  # a resumed run may repeat a step
     return {"tokens": [r["step"] * tokens_per_step for r in rows],
             "loss": [r["eval_loss"] for r in rows],
-            "accuracy": [r.get("eval_accuracy", float("nan")) for r in rows]}
+            "accuracy": [r.get(f"eval_{accuracy_metric}", float("nan")) for r in rows]}
+
+
+_OWN_DATA = ("web_files", "clean_files", "heldout_files", "vocab_path")
+
+
+def own_data(vocab_path: str, **patterns):
+    """data_on(split, **overrides) over your files; every binding checked before any work."""
+    given = {"vocab_path": vocab_path, **patterns}
+    missing = [name for name in _OWN_DATA if not given.get(name)]
+    if missing:
+        raise ValueError(f"experiment on your own data needs all of {', '.join(_OWN_DATA)}; set "
+                         + " ".join(f"--gin.experiment.{name}=..." for name in missing))
+    from slm_jax.data import pipeline
+
+    def data_on(split: str, **overrides):
+        return dataclasses.replace(pipeline.DataConfig(file_pattern=patterns[split],
+                                                       vocab_path=vocab_path), **overrides)
+    return data_on
 
 
 def plot_curves(curves: dict, path: str, ratio: float):
@@ -165,44 +191,71 @@ def experiment(work_dir: str = "runs/experiment", *,
                max_new_tokens: int = 96,
                vocab_size: int = 2048,
                corpus_seed: int = 0,
-               selection_variants=()) -> dict:
+               selection_variants=(),
+               web_files: str | None = None,
+               clean_files: str | None = None,
+               heldout_files: str | None = None,
+               vocab_path: str | None = None,
+               base_checkpoint: str | None = None,
+               problems: str | None = None,
+               evals=(),
+               accuracy_metric: str = "accuracy") -> dict:
     """Runs base -> reference -> scoring -> SLM and CLM students; returns the summary.
 
     selection_variants: (score, scope) pairs (`SelectionConfig.score`/`.scope`),
         each trained as one more SLM student at `ratio` on the same scored tokens,
         e.g. [('student', 'batch'), ('reference', 'batch'), ('excess', 'document')].
+    web_files, clean_files, heldout_files, vocab_path: your corpus (all four, or none
+        for the embedded one).
+    base_checkpoint: the model reference and students start from (no base run).
+    problems: jsonl of {question, answer} for the built-in accuracy curve (default:
+        the embedded corpus's problems; none with your own data unless given).
+    evals, accuracy_metric: eval hooks instead (e.g. [@HarnessEval()]) and the metric of
+        theirs the curve plots (e.g. 'gsm8k_cot_exact_match_flexible-extract').
     """
     SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
     variants = variant_selections(selection_variants, ratio)
-    corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
-    web, clean = data_on(corpus.web_tfrecord), data_on(corpus.clean_tfrecord)
+    if any((web_files, clean_files, heldout_files, vocab_path)):
+        data_on = own_data(vocab_path, web_files=web_files, clean_files=clean_files,
+                           heldout_files=heldout_files)
+        splits = ("web_files", "clean_files", "heldout_files")
+    else:
+        corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
+        splits = (corpus.web_tfrecord, corpus.clean_tfrecord, corpus.eval_tfrecord)
+        problems = problems or corpus.eval_problems
+    web, clean = data_on(splits[0]), data_on(splits[1])
     # The students see a different slice of the web stream than the base did.
-    student_web = data_on(corpus.web_tfrecord, seed=web.seed + 1)
-    eval_data = data_on(corpus.eval_tfrecord, shuffle=False)
+    student_web = data_on(splits[0], seed=web.seed + 1)
+    eval_data = data_on(splits[2], shuffle=False)
     model = model_lib.ModelConfig()
     path = lambda *p: os.path.join(work_dir, *p)
 
-    train_lib.train(run_dir=path("base"), data=web, num_steps=base_steps,
-                    selection=SelectionConfig(mode="clm"))
+    if not base_checkpoint:
+        train_lib.train(run_dir=path("base"), data=web, num_steps=base_steps,
+                        selection=SelectionConfig(mode="clm"))
+    base = base_checkpoint or path("base", "checkpoints")
     reference = train_lib.train(run_dir=path("reference"), data=clean, num_steps=reference_steps,
                                 selection=SelectionConfig(mode="clm"), eval_data=eval_data,
-                                init_checkpoint=path("base", "checkpoints"))
+                                init_checkpoint=base)
     if not os.path.exists(path("scored", "index.json")):
         scoring.score(path("scored"), data=student_web, model=model, num_batches=student_steps,
                       reference=ReferenceConfig(checkpoint=path("reference", "checkpoints"),
                                                 model=model, dtype="float32"))
-    hook = make_accuracy_hook(corpus.eval_problems, student_web.vocab_path, model,
-                              num_problems=eval_problems, max_new_tokens=max_new_tokens)
+    hooks = list(evals) or ([make_accuracy_hook(problems, student_web.vocab_path, model,
+                                                num_problems=eval_problems,
+                                                max_new_tokens=max_new_tokens)]
+                            if problems else [])
     students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio), **variants,
                 "clm": SelectionConfig(mode="clm")}
     for name, selection in students.items():
         train_lib.train(run_dir=path(name), data=student_web, num_steps=student_steps,
                         selection=selection, scored_data=path("scored"),
-                        init_checkpoint=path("base", "checkpoints"), eval_data=eval_data,
-                        eval_every=eval_every, evals=[hook])
+                        init_checkpoint=base, eval_data=eval_data,
+                        eval_every=eval_every, evals=hooks)
 
     tokens_per_step = student_web.global_batch_size * student_web.seq_len
-    curves = {name: read_curve(path(name), tokens_per_step) for name in students}
+    curves = {name: read_curve(path(name), tokens_per_step, accuracy_metric)
+              for name in students}
     curves["reference_loss"] = reference["eval_loss"]
     plot_curves(curves, path("curves.png"), ratio)
     table, summary = summarize(curves, ratio)
