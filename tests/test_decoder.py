@@ -120,7 +120,9 @@ def test_rope_depends_only_on_relative_position(tiny):
 def test_rope_uses_non_interleaved_halves():
     # HF Llama pairs dim i with dim i + head_dim/2; an interleaved RoPE would pair i with i + 1.
     head_dim, position = 8, 3
-    cos, sin = decoder.rope_cos_sin(jnp.array([[position]]), head_dim, theta=10000.0)
+    config = model.ModelConfig(d_model=32, n_heads=4, n_kv_heads=2, head_dim=head_dim,
+                               rope_theta=10000.0)
+    cos, sin = decoder.rope_cos_sin(jnp.array([[position]]), decoder.rope_inv_freq(config))
     x = jnp.zeros((1, 1, 1, head_dim)).at[..., 0].set(1.0)
     rotated = decoder.apply_rope(x, cos, sin)[0, 0, 0]
     expected = np.zeros(head_dim)
