@@ -135,15 +135,15 @@ def _special_ids(directory: str) -> dict:
 
 def write_hub_files(out: str, hf_config: dict, source_dir: str | None,
                     tokenizer: str | None):
-    """config.json (+ special ids), generation_config.json and tokenizer files in `out`."""
+    """config.json (+ special ids), generation_config.json and tokenizer files in `out`.
+
+    `hf_config` is `mapping.hf_config_from_model`'s, built on the source's config.json."""
     import transformers
     tokenizer = tokenizer or (source_dir if source_dir and any(
         os.path.exists(os.path.join(source_dir, n)) for n in TOKENIZER_FILES) else None)
     ids = _copy_tokenizer(tokenizer, out) if tokenizer else {}
-    source = _read_json(os.path.join(source_dir, "config.json")) if source_dir else {}
-    for key in SPECIAL_ID_KEYS:
-        if key in source:
-            ids[key] = source[key]
+    # hf_config starts from the source's config.json: its ids win over the tokenizer's.
+    ids.update({key: hf_config[key] for key in SPECIAL_ID_KEYS if key in hf_config})
     hf_config = {**hf_config, **ids}
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
