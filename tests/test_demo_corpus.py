@@ -38,7 +38,7 @@ def test_same_seed_same_files_other_seed_different(corpus, tmp_path):
     first = _all_bytes(corpus.root)
     assert set(first) == {
         "web.jsonl", "web.tfrecord", "clean.jsonl", "clean.tfrecord",
-        "eval.jsonl", "eval.tfrecord", "eval_problems.jsonl",
+        "eval.jsonl", "eval.tfrecord", "eval_problems.jsonl", "exemplars.jsonl",
     }
     assert first == _all_bytes(again.root)
     other_bytes = _all_bytes(other.root)

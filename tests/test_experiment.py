@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from slm_jax.jobs import experiment
-from slm_jax.math_eval import grader
 from slm_jax import model as model_lib
 from slm_jax.model.generate import greedy_generate
 
@@ -19,10 +18,12 @@ TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n
 
 
 def test_answers_are_graded_by_the_eval_jobs_grader():
-    # One grading path: the experiment's accuracy hook uses math_eval's grader.
-    correct = lambda text, answer: grader.is_equiv(grader.extract_answer(text), answer)
+    # One grading path: the experiment's accuracy task (evals/problem_task.py) uses math_eval's grader.
+    from slm_jax.evals.problem_task import process_results
+    correct = lambda text, answer: process_results({"answer": answer}, [text])["accuracy"] == 1.0
     assert correct("a = 3\n#### 1,254\nQuestion:", "1254")
     assert correct("#### -7", "-7") and correct("#### 2.5", "2.5")
+    assert correct("x = 15 / 3 = 5.\nThe answer is 5.", "5")
     assert not correct("#### 2.5", "25") and not correct("no answer line", "7")
 
 
@@ -90,12 +91,12 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
 
     data = types.SimpleNamespace(seed=0, global_batch_size=2, seq_len=5, vocab_path="v")
     corpus = types.SimpleNamespace(web_tfrecord="w", clean_tfrecord="c", eval_tfrecord="e",
-                                   eval_problems="p")
+                                   eval_problems="p", exemplars="x")
     monkeypatch.setattr(experiment, "prepare_demo_data",
                         lambda *a, **k: (corpus, lambda *a, **k: data))
     monkeypatch.setattr(experiment, "train_lib", types.SimpleNamespace(train=fake_train))
     monkeypatch.setattr(experiment, "scoring", types.SimpleNamespace(score=lambda *a, **k: None))
-    monkeypatch.setattr(experiment, "make_accuracy_hook", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "problems_eval", lambda *a, **k: None)
     monkeypatch.setattr(experiment, "plot_curves", lambda *a, **k: None)
 
     summary = experiment.experiment(
@@ -164,3 +165,67 @@ def test_own_data_needs_every_split_named_before_any_work(tmp_path):
                                          "--gin.experiment.vocab_path="):
         experiment.experiment(str(tmp_path), web_files="/w", clean_files="/c")
     assert not os.listdir(tmp_path)
+
+
+def test_a_tokenizer_alone_tokenizes_the_generated_corpus(tmp_path, monkeypatch):
+    """vocab_path without file patterns: the chosen generated corpus, that tokenizer, its
+    held-out problems as the lm-eval accuracy task with its own prompt layout."""
+    seen = {}
+
+    def fake_prepare(work_dir, **kwargs):
+        seen.update(kwargs)
+        paths = types.SimpleNamespace(web_tfrecord="w", clean_tfrecord="c", eval_tfrecord="e",
+                                      eval_problems="p.jsonl", exemplars="x.jsonl")
+        data = types.SimpleNamespace(seed=0, global_batch_size=2, seq_len=5,
+                                     vocab_path=kwargs["vocab_path"])
+        return paths, lambda *a, **k: data
+
+    def fake_problems_eval(work_dir, problems, **kwargs):
+        seen["eval"] = dict(problems=problems, **kwargs)
+        return "hook"
+
+    def fake_train(run_dir, *, selection, data=None, **kwargs):
+        seen.setdefault("evals", {})[os.path.basename(run_dir)] = kwargs.get("evals")
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
+            f.write(json.dumps({"step": 1, "eval_loss": 1.0,
+                                "eval_heldout_problems_accuracy": 0.5}) + "\n")
+        return {"eval_loss": 1.0}
+    monkeypatch.setattr(experiment, "prepare_demo_data", fake_prepare)
+    monkeypatch.setattr(experiment, "problems_eval", fake_problems_eval)
+    monkeypatch.setattr(experiment, "train_lib", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setattr(experiment, "scoring", types.SimpleNamespace(score=lambda *a, **k: None))
+    monkeypatch.setattr(experiment, "plot_curves", lambda *a, **k: None)
+    experiment.experiment(str(tmp_path), corpus="forum", vocab_path="/ckpt/smollm2",
+                          base_checkpoint="/ckpt/smollm2", num_fewshot=3)
+    assert seen["corpus"] == "forum" and seen["vocab_path"] == "/ckpt/smollm2"
+    assert seen["eval"]["problems"] == "p.jsonl" and seen["eval"]["exemplars"] == "x.jsonl"
+    assert seen["eval"]["labels"] == ("Problem", "Solution") and seen["eval"]["num_fewshot"] == 3
+    assert seen["evals"]["slm"] == seen["evals"]["clm"] == ["hook"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["curves"]["clm"]["accuracy"] == [0.5]
+
+
+def test_unknown_corpus_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown corpus 'owm'.*embedded.*forum"):
+        experiment.experiment(str(tmp_path), corpus="owm")
+    assert not os.listdir(tmp_path)
+
+
+def test_a_preempted_run_stops_the_job_for_the_same_command_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C during the reference: nothing after it runs (no scoring with a half-trained
+    reference, no students); the summary says preempted."""
+    trained, scored = [], []
+
+    def fake_train(run_dir, **kwargs):
+        trained.append(os.path.basename(run_dir))
+        return {"eval_loss": 1.0, "preempted": trained[-1] == "reference"}
+    data = types.SimpleNamespace(seed=0, global_batch_size=2, seq_len=5, vocab_path="v")
+    paths = types.SimpleNamespace(web_tfrecord="w", clean_tfrecord="c", eval_tfrecord="e",
+                                  eval_problems="p", exemplars="x")
+    monkeypatch.setattr(experiment, "prepare_demo_data", lambda *a, **k: (paths, lambda *a, **k: data))
+    monkeypatch.setattr(experiment, "train_lib", types.SimpleNamespace(train=fake_train))
+    monkeypatch.setattr(experiment, "scoring", types.SimpleNamespace(score=lambda *a, **k: scored.append(1)))
+    assert experiment.experiment(str(tmp_path)) == {"preempted": True}
+    assert trained == ["base", "reference"] and not scored
+    assert not (tmp_path / "results.json").exists()

@@ -30,7 +30,7 @@ def test_train_hook_then_eval_job_end_to_end(corpus, tmp_path):
             f"--gin.train.run_dir={run_dir}", f"--gin.DataConfig.file_pattern={paths.web_tfrecord}",
             f"--gin.DataConfig.vocab_path={vocab}", "--gin.DataConfig.seq_len=64",
             "--gin.DataConfig.global_batch_size=8", "--gin.train.num_steps=2",
-            "--gin.train.eval_every=1",
+            "--gin.train.eval_every=1", "--gin.train.eval_first=True",
             "--gin.train.few_shot_eval=@FewShotEvalConfig()",
             f"--gin.FewShotEvalConfig.dataset={paths.eval_problems}",
             "--gin.FewShotEvalConfig.num_problems=3", "--gin.FewShotEvalConfig.n_shot=1",
@@ -40,7 +40,7 @@ def test_train_hook_then_eval_job_end_to_end(corpus, tmp_path):
             "--gin.HarnessEval.limit=2"])
         assert code == 0
         evals = [json.loads(l) for l in (run_dir / "eval.jsonl").read_text().splitlines()]
-        assert [e["step"] for e in evals] == [1, 2]
+        assert [e["step"] for e in evals] == [0, 1, 2]  # 0: eval_first, the initial params
         assert all(0.0 <= e["eval_gsm8k_accuracy"] <= 1.0 for e in evals)
         # lm-eval's metrics of the live params, beside the built-in accuracy.
         assert all(0.0 <= e["eval_tiny_mc_acc"] <= 1.0 and "eval_tiny_gen_exact_match" in e

@@ -25,6 +25,8 @@ import random
 from collections.abc import Callable, Iterator
 
 SPLITS = ("web", "clean", "eval")
+# How a problem and its solution are introduced in this corpus (and so in eval prompts).
+PROMPT_LABELS = ("Question", "Answer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class CorpusPaths:
     jsonl: dict[str, str]
     tfrecord: dict[str, str]
     eval_problems: str
+    exemplars: str  # solved clean-split problems, the few-shot examples of eval prompts
 
     # corpus.web_jsonl, corpus.clean_tfrecord, ...: the path of one split in one format.
     web_jsonl = property(lambda self: self.jsonl["web"])
@@ -451,9 +454,10 @@ def _split_rng(seed: int, split: str) -> random.Random:
     return random.Random(f"slm-demo-corpus:{seed}:{split}")
 
 
-def _draw_problem(rng: random.Random, excluded: set) -> Problem:
+def draw_problem(rng: random.Random, excluded: set, templates=None) -> Problem:
+    """A problem of one of `templates` (default: this corpus's) whose key is not excluded."""
     while True:
-        problem = rng.choice(TEMPLATES)(rng)
+        problem = rng.choice(templates or TEMPLATES)(rng)
         if problem.key not in excluded:
             return problem
 
@@ -471,7 +475,7 @@ def iter_documents(
     rng = _split_rng(seed, split)
     for _ in range(n):
         count = rng.choices((1, 2, 3, 4), weights=(4, 3, 2, 1))[0]
-        problems = tuple(_draw_problem(rng, excluded_keys) for _ in range(count))
+        problems = tuple(draw_problem(rng, excluded_keys) for _ in range(count))
         blocks = [p.text() for p in problems]
         if split == "web":
             lines = "\n\n".join(blocks).split("\n")
@@ -494,35 +498,43 @@ def generate_corpus(
     n_web_docs: int = 3000,
     n_clean_docs: int = 1500,
     n_eval_docs: int = 200,
+    documents: Callable[..., Iterator[Document]] = iter_documents,
 ) -> CorpusPaths:
     """Writes the demo corpus under ``out_dir`` and returns the file paths.
 
     Files: ``{web,clean,eval}.jsonl`` (``{"text": ...}`` per line),
     ``{web,clean,eval}.tfrecord`` (``tf.train.Example`` with bytes feature
-    ``"text"``) and ``eval_problems.jsonl`` (``{"question", "answer"}``).
+    ``"text"``), ``eval_problems.jsonl`` (``{"question", "answer"}``) and
+    ``exemplars.jsonl`` (8 clean-split problems, also with their ``solution``).
+    ``documents`` is the split generator (this corpus's, or e.g. forum_corpus's).
     Same seed, same bytes.
     """
     # Deferred: TensorFlow is only needed to write the TFRecord copies.
     from slm_jax.data.tasks import write_text_tfrecord
 
     os.makedirs(out_dir, exist_ok=True)
-    eval_docs = list(iter_documents("eval", seed, n_eval_docs))
+    eval_docs = list(documents("eval", seed, n_eval_docs))
     eval_problems = [p for doc in eval_docs for p in doc.problems]
     held_out = {p.key for p in eval_problems}
-    documents = {
-        "web": list(iter_documents("web", seed, n_web_docs, excluded_keys=held_out)),
-        "clean": list(iter_documents("clean", seed, n_clean_docs, excluded_keys=held_out)),
+    splits = {
+        "web": list(documents("web", seed, n_web_docs, excluded_keys=held_out)),
+        "clean": list(documents("clean", seed, n_clean_docs, excluded_keys=held_out)),
         "eval": eval_docs,
     }
     jsonl, tfrecord = {}, {}
-    for split, docs in documents.items():
+    for split, docs in splits.items():
         jsonl[split] = os.path.join(out_dir, f"{split}.jsonl")
         tfrecord[split] = os.path.join(out_dir, f"{split}.tfrecord")
         _write_jsonl(jsonl[split], [{"text": d.text} for d in docs])
         write_text_tfrecord([d.text for d in docs], tfrecord[split])
     eval_path = os.path.join(out_dir, "eval_problems.jsonl")
     _write_jsonl(eval_path, [{"question": p.question, "answer": str(p.answer)} for p in eval_problems])
-    return CorpusPaths(root=out_dir, jsonl=jsonl, tfrecord=tfrecord, eval_problems=eval_path)
+    exemplars = [p for doc in splits["clean"] for p in doc.problems][:8]
+    exemplar_path = os.path.join(out_dir, "exemplars.jsonl")
+    _write_jsonl(exemplar_path, [{"question": p.question, "answer": str(p.answer),
+                                  "solution": p.text().split("\n", 1)[1].split(": ", 1)[1]} for p in exemplars])
+    return CorpusPaths(root=out_dir, jsonl=jsonl, tfrecord=tfrecord, eval_problems=eval_path,
+                       exemplars=exemplar_path)
 
 
 __all__ = ["CorpusPaths", "Document", "Problem", "SPLITS", "TEMPLATES", "generate_corpus", "iter_documents"]

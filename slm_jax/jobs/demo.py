@@ -16,27 +16,36 @@ import os
 
 import gin
 
-from slm_jax.data import demo_corpus, pipeline, tokenizer
+from slm_jax.data import demo_corpus, forum_corpus, pipeline, tokenizer
 from slm_jax.jobs import train as train_lib
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 
 
-def prepare_demo_data(work_dir: str, *, vocab_size: int, seed: int):
-    """Generates the corpus and its SentencePiece model under work_dir/corpus.
+# The generated corpora: the embedded one (tuned on) and a second one to check on.
+CORPORA = {"embedded": demo_corpus, "forum": forum_corpus}
+
+
+def prepare_demo_data(work_dir: str, *, vocab_size: int, seed: int, corpus: str = "embedded",
+                      vocab_path: str | None = None):
+    """Generates a corpus (CORPORA) and, unless `vocab_path` names a tokenizer to use
+    (e.g. a converted model's), its SentencePiece model under work_dir/corpus.
 
     Returns (corpus paths, data_on) where data_on(tfrecord, **overrides) is a
     DataConfig over that split (gin-bound fields such as seq_len apply).
     """
-    corpus = demo_corpus.generate_corpus(os.path.join(work_dir, "corpus"), seed=seed)
-    vocab_path = tokenizer.train_sentencepiece(
-        [corpus.web_jsonl, corpus.clean_jsonl], os.path.join(work_dir, "corpus", "spm"),
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; choose one of {sorted(CORPORA)} "
+                         "(e.g. --gin.experiment.corpus=\"'forum'\")")
+    paths = CORPORA[corpus].generate_corpus(os.path.join(work_dir, "corpus"), seed=seed)
+    vocab_path = vocab_path or tokenizer.train_sentencepiece(
+        [paths.web_jsonl, paths.clean_jsonl], os.path.join(work_dir, "corpus", "spm"),
         vocab_size=vocab_size, seed=seed)
 
     def data_on(tfrecord, **overrides):
         return dataclasses.replace(pipeline.DataConfig(file_pattern=tfrecord, vocab_path=vocab_path),
                                    **overrides)
-    return corpus, data_on
+    return paths, data_on
 
 
 @gin.configurable

@@ -27,36 +27,27 @@ import json
 import os
 
 import gin
-import numpy as np
 
 from slm_jax import model as model_lib
-from slm_jax.data import tokenizer
+from slm_jax.evals import problem_task
 from slm_jax.jobs import score as scoring
 from slm_jax.jobs import train as train_lib
-from slm_jax.jobs.demo import prepare_demo_data
-from slm_jax.math_eval import grader
-from slm_jax.model.generate import greedy_generate
+from slm_jax.jobs.demo import CORPORA, prepare_demo_data
+from slm_jax.jobs.harness_eval import HarnessEval
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 
 
-def make_accuracy_hook(problems_path: str, vocab_path: str, model: model_lib.ModelConfig, *,
-                       num_problems: int, max_new_tokens: int):
-    """(params) -> {"accuracy": share of greedy answers the math_eval grader accepts}."""
-    vocab = tokenizer.load_vocabulary(vocab_path)
-    sp = vocab.tokenizer
-    with open(problems_path) as f:
-        problems = [json.loads(line) for line in f][:num_problems]
-    bos = [sp.bos_id()] if sp.bos_id() >= 0 else []
-    prompts = [bos + sp.encode(f"Question: {p['question']}\nAnswer:") for p in problems]
-    eos = sp.eos_id() if sp.eos_id() >= 0 else None
-
-    def hook(params):
-        outputs = greedy_generate(params, model, prompts, max_new_tokens=max_new_tokens, eos_id=eos)
-        correct = [grader.grade(sp.decode(out), p["answer"]).correct
-                   for out, p in zip(outputs, problems)]
-        return {"accuracy": float(np.mean(correct))}
-    return hook
+def problems_eval(work_dir: str, problems: str, *, exemplars: str | None, labels, num_problems: int,
+                  num_fewshot: int, max_new_tokens: int) -> HarnessEval:
+    """The accuracy curve's eval: an lm-eval task over `problems` (greedy, graded by
+    math_eval's grader, `num_fewshot` solved exemplars in the prompt)."""
+    include_path = problem_task.write_problem_task(
+        os.path.join(work_dir, "lm_eval_task"), problems, exemplars=exemplars, labels=labels,
+        max_gen_toks=max_new_tokens)
+    return HarnessEval(tasks=problem_task.TASK_NAME, include_path=include_path,
+                       include_defaults=False, limit=num_problems,
+                       num_fewshot=num_fewshot if exemplars else 0, max_gen_toks=max_new_tokens)
 
 
 def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> float | None:
@@ -71,8 +62,11 @@ def tokens_to_reach(tokens: list[float], losses: list[float], target: float) -> 
     return None
 
 
+ACCURACY_METRIC = f"{problem_task.TASK_NAME}_accuracy"
+
+
 def read_curve(run_dir: str, tokens_per_step: int,
-               accuracy_metric: str = "accuracy") -> dict[str, list[float]]:
+               accuracy_metric: str = ACCURACY_METRIC) -> dict[str, list[float]]:
     with open(os.path.join(run_dir, "eval.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     rows = list({r["step"]: r for r in rows}.values())  # a resumed run may repeat a step
@@ -180,6 +174,14 @@ def summarize_variants(curves: dict, selections: dict[str, SelectionConfig]) -> 
     return "\n".join(lines), rows
 
 
+def _preempted(name: str, summary: dict) -> bool:
+    """Ctrl-C / SIGTERM stopped run `name` (checkpointed): the job stops too, and the
+    same command resumes it; the finished runs are not trained again."""
+    if summary.get("preempted"):
+        print(f"[experiment] stopped during {name}; run the same command to resume", flush=True)
+    return bool(summary.get("preempted"))
+
+
 @gin.configurable
 def experiment(work_dir: str = "runs/experiment", *,
                base_steps: int = 60,
@@ -187,9 +189,12 @@ def experiment(work_dir: str = "runs/experiment", *,
                student_steps: int = 240,
                ratio: float = 0.6,
                eval_every: int = 40,
+               eval_base: bool = False,
                eval_problems: int = 64,
                max_new_tokens: int = 96,
+               num_fewshot: int = 0,
                vocab_size: int = 2048,
+               corpus: str = "embedded",
                corpus_seed: int = 0,
                selection_variants=(),
                web_files: str | None = None,
@@ -199,30 +204,38 @@ def experiment(work_dir: str = "runs/experiment", *,
                base_checkpoint: str | None = None,
                problems: str | None = None,
                evals=(),
-               accuracy_metric: str = "accuracy") -> dict:
+               accuracy_metric: str = ACCURACY_METRIC) -> dict:
     """Runs base -> reference -> scoring -> SLM and CLM students; returns the summary.
 
+    eval_base: the students' curves also start with an eval of the base model (step 0).
     selection_variants: (score, scope) pairs (`SelectionConfig.score`/`.scope`),
         each trained as one more SLM student at `ratio` on the same scored tokens,
         e.g. [('student', 'batch'), ('reference', 'batch'), ('excess', 'document')].
-    web_files, clean_files, heldout_files, vocab_path: your corpus (all four, or none
-        for the embedded one).
+    corpus: the generated corpus when no files are given: 'embedded' (the demo's) or
+        'forum' (a second one, for checking a recipe tuned on the first).
+    web_files, clean_files, heldout_files: your corpus (all three with vocab_path).
+    vocab_path: the tokenizer; alone,, it tokenizes the generated corpus (e.g. a converted
+        model's directory) instead of a SentencePiece model trained on it.
     base_checkpoint: the model reference and students start from (no base run).
-    problems: jsonl of {question, answer} for the built-in accuracy curve (default:
-        the embedded corpus's problems; none with your own data unless given).
+    problems: jsonl of {question, answer} for the accuracy curve, run as an lm-eval task
+        (evals/problem_task.py; default: the generated corpus's held-out problems) with
+        `num_fewshot` exemplars of the corpus in the prompt.
     evals, accuracy_metric: eval hooks instead (e.g. [@HarnessEval()]) and the metric of
         theirs the curve plots (e.g. 'gsm8k_cot_exact_match_flexible-extract').
     """
     SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
     variants = variant_selections(selection_variants, ratio)
-    if any((web_files, clean_files, heldout_files, vocab_path)):
+    if any((web_files, clean_files, heldout_files)):
         data_on = own_data(vocab_path, web_files=web_files, clean_files=clean_files,
                            heldout_files=heldout_files)
         splits = ("web_files", "clean_files", "heldout_files")
+        exemplars, labels = None, CORPORA["embedded"].PROMPT_LABELS
     else:
-        corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
-        splits = (corpus.web_tfrecord, corpus.clean_tfrecord, corpus.eval_tfrecord)
-        problems = problems or corpus.eval_problems
+        paths, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed,
+                                           corpus=corpus, vocab_path=vocab_path)
+        splits = (paths.web_tfrecord, paths.clean_tfrecord, paths.eval_tfrecord)
+        problems = problems or paths.eval_problems
+        exemplars, labels = paths.exemplars, CORPORA[corpus].PROMPT_LABELS
     web, clean = data_on(splits[0]), data_on(splits[1])
     # The students see a different slice of the web stream than the base did.
     student_web = data_on(splits[0], seed=web.seed + 1)
@@ -230,41 +243,51 @@ def experiment(work_dir: str = "runs/experiment", *,
     model = model_lib.ModelConfig()
     path = lambda *p: os.path.join(work_dir, *p)
 
-    if not base_checkpoint:
-        train_lib.train(run_dir=path("base"), data=web, num_steps=base_steps,
-                        selection=SelectionConfig(mode="clm"))
+    if not base_checkpoint and _preempted("base", train_lib.train(
+            run_dir=path("base"), data=web, num_steps=base_steps,
+            selection=SelectionConfig(mode="clm"))):
+        return {"preempted": True}
     base = base_checkpoint or path("base", "checkpoints")
     reference = train_lib.train(run_dir=path("reference"), data=clean, num_steps=reference_steps,
                                 selection=SelectionConfig(mode="clm"), eval_data=eval_data,
                                 init_checkpoint=base)
+    if _preempted("reference", reference):
+        return {"preempted": True}
     if not os.path.exists(path("scored", "index.json")):
         scoring.score(path("scored"), data=student_web, model=model, num_batches=student_steps,
                       reference=ReferenceConfig(checkpoint=path("reference", "checkpoints"),
                                                 model=model, dtype="float32"))
-    hooks = list(evals) or ([make_accuracy_hook(problems, student_web.vocab_path, model,
-                                                num_problems=eval_problems,
-                                                max_new_tokens=max_new_tokens)]
+    hooks = list(evals) or ([problems_eval(work_dir, problems, exemplars=exemplars, labels=labels,
+                                           num_problems=eval_problems, num_fewshot=num_fewshot,
+                                           max_new_tokens=max_new_tokens)]
                             if problems else [])
     students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio), **variants,
                 "clm": SelectionConfig(mode="clm")}
     for name, selection in students.items():
-        train_lib.train(run_dir=path(name), data=student_web, num_steps=student_steps,
-                        selection=selection, scored_data=path("scored"),
-                        init_checkpoint=base, eval_data=eval_data,
-                        eval_every=eval_every, evals=hooks)
+        if _preempted(name, train_lib.train(
+                run_dir=path(name), data=student_web, num_steps=student_steps,
+                selection=selection, scored_data=path("scored"), init_checkpoint=base,
+                eval_data=eval_data, eval_every=eval_every, eval_first=eval_base,
+                evals=hooks)):
+            return {"preempted": True}
 
     tokens_per_step = student_web.global_batch_size * student_web.seq_len
     curves = {name: read_curve(path(name), tokens_per_step, accuracy_metric)
               for name in students}
     curves["reference_loss"] = reference["eval_loss"]
-    plot_curves(curves, path("curves.png"), ratio)
+    return write_results(work_dir, curves, variants, ratio)
+
+
+def write_results(work_dir: str, curves: dict, variants: dict, ratio: float) -> dict:
+    """curves.png, results.md (printed too) and results.json; returns the summary."""
+    plot_curves(curves, os.path.join(work_dir, "curves.png"), ratio)
     table, summary = summarize(curves, ratio)
     if variants:
         variant_table, summary["variants"] = summarize_variants(curves, variants)
         table += "\n\n" + variant_table
     print(table)
-    with open(path("results.md"), "w") as f:
+    with open(os.path.join(work_dir, "results.md"), "w") as f:
         f.write(table + "\n\n![curves](curves.png)\n")
-    with open(path("results.json"), "w") as f:
+    with open(os.path.join(work_dir, "results.json"), "w") as f:
         json.dump({**summary, "curves": curves}, f, indent=1)
     return summary

@@ -129,6 +129,7 @@ def train(run_dir: str = gin.REQUIRED, *,
           log_every: int = 10,
           eval_data: pipeline.DataConfig | None = None,
           eval_every: int = 0,
+          eval_first: bool = False,
           eval_batches: int = 8,
           few_shot_eval=None,
           evals=(),
@@ -151,6 +152,8 @@ def train(run_dir: str = gin.REQUIRED, *,
       few_shot_eval: a `FewShotEvalConfig` (slm_jax/jobs/math_eval.py): few-shot accuracy.
       evals: more eval hooks (train_hooks.py); all of them run every `eval_every` steps
         and at the end, logged with an `eval_` prefix.
+      eval_first: a fresh run also evaluates its initial params (logged as step 0): where
+        a curve of a run from a pretrained checkpoint starts.
       on_nonfinite: a NaN/Inf loss or gradient is never applied; "stop" ends the
         run with an error naming the step (the last checkpoint stays the last
         good one), "skip" goes on with the next batch.
@@ -209,6 +212,8 @@ def train(run_dir: str = gin.REQUIRED, *,
         profiler = train_hooks.Profiler(os.path.join(run_dir, "profile"), profile)
         summary, last_metrics = {}, None  # metrics checked one step late: the host never stalls
         try:
+            if eval_first and start == 0 and evaluator:
+                logger.log(0, evaluator(state.params), prefix="eval_")
             for step in range(start, num_steps):
                 profiler.before_step(step)
                 state, metrics = step_fn(state, ref.params if ref else None, next(batches))
