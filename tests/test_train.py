@@ -62,6 +62,8 @@ def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(tmp_path, web
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/models/tiny.gin",
            "--gin.run.job=train", f"--gin.train.run_dir={run_dir}", "--gin.train.num_steps=100000",
+           # the resumed process loads the compiled step instead of compiling it again
+           f"--gin.run.compilation_cache_dir={tmp_path / 'jax_cache'}",
            f"--gin.DataConfig.file_pattern={web.file_pattern}",
            f"--gin.DataConfig.vocab_path={web.vocab_path}", "--gin.DataConfig.seq_len=64",
            "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=1",

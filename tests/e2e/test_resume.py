@@ -20,13 +20,16 @@ NUM_STEPS = 8
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     paths, vocab = tiny_corpus(root, seed=4)
-    return paths.web_tfrecord, vocab
+    # One persistent compilation cache for every process of this module: a restart loads the
+    # compiled step (same executable, same bits) instead of compiling it again.
+    return paths.web_tfrecord, vocab, str(root / "jax_cache")
 
 
 def command(data, run_dir):
-    pattern, vocab = data
+    pattern, vocab, cache = data
     return [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/models/tiny.gin",
             "--gin.run.job=train", f"--gin.train.run_dir={run_dir}",
+            f"--gin.run.compilation_cache_dir={cache}",
             f"--gin.train.num_steps={NUM_STEPS}", f"--gin.DataConfig.file_pattern={pattern}",
             f"--gin.DataConfig.vocab_path={vocab}", "--gin.DataConfig.seq_len=64",
             "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=1",
