@@ -25,8 +25,6 @@ import random
 from collections.abc import Callable, Iterator
 
 SPLITS = ("web", "clean", "eval")
-# How a problem and its solution are introduced in this corpus (and so in eval prompts).
-PROMPT_LABELS = ("Question", "Answer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +38,20 @@ class Problem:
     # names and items used, so held-out problems can be excluded by meaning.
     key: tuple
 
+    # How the problem and its solution are introduced (and so the eval prompt's layout).
+    labels = ("Question", "Answer")
+
+    def solution(self) -> str:
+        """The worked solution, ending in the ``#### answer`` line (GSM8K layout)."""
+        return "\n".join([*self.steps, f"#### {self.answer}"])
+
     def text(self) -> str:
-        """The problem in GSM8K layout, ending in the ``#### answer`` line."""
-        lines = [f"Question: {self.question}", "Answer: " + self.steps[0], *self.steps[1:]]
-        return "\n".join(lines + [f"#### {self.answer}"])
+        """The problem in its corpus's layout: question line, then the solution."""
+        question, answer = self.labels
+        return f"{question}: {self.question}\n{answer}: {self.solution()}"
+
+
+PROMPT_LABELS = Problem.labels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -532,7 +540,7 @@ def generate_corpus(
     exemplars = [p for doc in splits["clean"] for p in doc.problems][:8]
     exemplar_path = os.path.join(out_dir, "exemplars.jsonl")
     _write_jsonl(exemplar_path, [{"question": p.question, "answer": str(p.answer),
-                                  "solution": p.text().split("\n", 1)[1].split(": ", 1)[1]} for p in exemplars])
+                                  "solution": p.solution()} for p in exemplars])
     return CorpusPaths(root=out_dir, jsonl=jsonl, tfrecord=tfrecord, eval_problems=eval_path,
                        exemplars=exemplar_path)
 

@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from slm_jax.data import demo_corpus
 from slm_jax.data.demo_corpus import Document, Problem
 
-PROMPT_LABELS = ("Problem", "Solution")
-
 _NAMES = ("Ana", "Bo", "Chen", "Dev", "Eva", "Femi", "Gus", "Ines", "Jon", "Kai", "Lia",
           "Max", "Noor", "Oli", "Pia", "Raj", "Sol", "Tom", "Val", "Yara")
 
@@ -33,9 +31,13 @@ _NAMES = ("Ana", "Bo", "Chen", "Dev", "Eva", "Femi", "Gus", "Ines", "Jon", "Kai"
 class _Solution(Problem):
     """The forum's layout: "Problem:/Solution:" ending in "The answer is N."."""
 
-    def text(self) -> str:
-        return "\n".join([f"Problem: {self.question}", "Solution: " + self.steps[0],
-                          *self.steps[1:], f"The answer is {self.answer}."])
+    labels = ("Problem", "Solution")
+
+    def solution(self) -> str:
+        return "\n".join([*self.steps, f"The answer is {self.answer}."])
+
+
+PROMPT_LABELS = _Solution.labels
 
 
 def _linear_equation(rng: random.Random) -> Problem:
@@ -130,8 +132,8 @@ def _wrong_attempt(rng: random.Random, problem: Problem) -> str:
 def _thread(rng: random.Random, problem: Problem) -> tuple[str, int]:
     """The problem as a forum thread; returns (text, characters that are not the solution)."""
     user = lambda: f"{rng.choice(('guest', 'mathkid', 'anon', 'helper'))}{rng.randint(1, 9999)}"
-    question = f"Problem: {problem.question}"
-    solution = problem.text().split("\n", 1)[1]
+    question = f"{PROMPT_LABELS[0]}: {problem.question}"
+    solution = f"{PROMPT_LABELS[1]}: {problem.solution()}"
     posts = [f"{user()} wrote:\n{question}"]
     for _ in range(rng.randint(2, 4)):
         kind = rng.random()

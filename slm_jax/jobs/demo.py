@@ -42,10 +42,16 @@ def prepare_demo_data(work_dir: str, *, vocab_size: int, seed: int, corpus: str 
         [paths.web_jsonl, paths.clean_jsonl], os.path.join(work_dir, "corpus", "spm"),
         vocab_size=vocab_size, seed=seed)
 
-    def data_on(tfrecord, **overrides):
-        return dataclasses.replace(pipeline.DataConfig(file_pattern=tfrecord, vocab_path=vocab_path),
-                                   **overrides)
-    return paths, data_on
+    return paths, data_over(vocab_path)
+
+
+def data_over(vocab_path: str):
+    """data_on(file_pattern, **overrides): a DataConfig over those files with this
+    tokenizer (gin-bound fields such as seq_len apply)."""
+    def data_on(file_pattern, **overrides):
+        return dataclasses.replace(
+            pipeline.DataConfig(file_pattern=file_pattern, vocab_path=vocab_path), **overrides)
+    return data_on
 
 
 @gin.configurable

@@ -22,7 +22,6 @@ paper's Figure 1 in small), results.md and results.json into work_dir.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -32,7 +31,7 @@ from slm_jax import model as model_lib
 from slm_jax.evals import problem_task
 from slm_jax.jobs import score as scoring
 from slm_jax.jobs import train as train_lib
-from slm_jax.jobs.demo import CORPORA, prepare_demo_data
+from slm_jax.jobs.demo import CORPORA, data_over, prepare_demo_data
 from slm_jax.jobs.harness_eval import HarnessEval
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
@@ -79,18 +78,14 @@ _OWN_DATA = ("web_files", "clean_files", "heldout_files", "vocab_path")
 
 
 def own_data(vocab_path: str, **patterns):
-    """data_on(split, **overrides) over your files; every binding checked before any work."""
+    """data_on(file_pattern, **overrides) over your files; every binding checked before
+    any work."""
     given = {"vocab_path": vocab_path, **patterns}
     missing = [name for name in _OWN_DATA if not given.get(name)]
     if missing:
         raise ValueError(f"experiment on your own data needs all of {', '.join(_OWN_DATA)}; set "
                          + " ".join(f"--gin.experiment.{name}=..." for name in missing))
-    from slm_jax.data import pipeline
-
-    def data_on(split: str, **overrides):
-        return dataclasses.replace(pipeline.DataConfig(file_pattern=patterns[split],
-                                                       vocab_path=vocab_path), **overrides)
-    return data_on
+    return data_over(vocab_path)
 
 
 def plot_curves(curves: dict, path: str, ratio: float):
@@ -214,7 +209,7 @@ def experiment(work_dir: str = "runs/experiment", *,
     corpus: the generated corpus when no files are given: 'embedded' (the demo's) or
         'forum' (a second one, for checking a recipe tuned on the first).
     web_files, clean_files, heldout_files: your corpus (all three with vocab_path).
-    vocab_path: the tokenizer; alone,, it tokenizes the generated corpus (e.g. a converted
+    vocab_path: the tokenizer; alone, it tokenizes the generated corpus (e.g. a converted
         model's directory) instead of a SentencePiece model trained on it.
     base_checkpoint: the model reference and students start from (no base run).
     problems: jsonl of {question, answer} for the accuracy curve, run as an lm-eval task
@@ -228,7 +223,7 @@ def experiment(work_dir: str = "runs/experiment", *,
     if any((web_files, clean_files, heldout_files)):
         data_on = own_data(vocab_path, web_files=web_files, clean_files=clean_files,
                            heldout_files=heldout_files)
-        splits = ("web_files", "clean_files", "heldout_files")
+        splits = (web_files, clean_files, heldout_files)
         exemplars, labels = None, CORPORA["embedded"].PROMPT_LABELS
     else:
         paths, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed,
