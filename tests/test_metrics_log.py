@@ -67,3 +67,20 @@ def test_wandb_is_off_by_default_and_only_process_zero_logs(tmp_path, monkeypatc
     logger = MetricsLogger(str(tmp_path / "b"), total_steps=1, tokens_per_step=1, progress=False,
                            wandb=WandbConfig(project="p", mode="offline"))
     assert logger._wandb is None and not (tmp_path / "b").exists()
+
+
+def test_time_in_evals_is_left_out_of_step_time_and_throughput(tmp_path, monkeypatch):
+    from slm_jax.jobs import metrics_log
+    clock = [100.0]
+    monkeypatch.setattr(metrics_log, "time", type("Clock", (), {
+        "perf_counter": staticmethod(lambda: clock[0])}))
+    logger = MetricsLogger(str(tmp_path), total_steps=8, tokens_per_step=100, progress=False)
+    clock[0] += 4.0                      # steps 1-4: 1 s each
+    logger.log(4, {"loss": 1.0})
+    with logger.paused():
+        clock[0] += 30.0                 # a 30 s eval
+        logger.log(4, {"loss": 2.0}, prefix="eval_")
+    clock[0] += 8.0                      # steps 5-8: 2 s each
+    second = logger.log(8, {"loss": 1.0})
+    logger.close()
+    assert second["step_s"] == pytest.approx(2.0) and second["tokens_per_s"] == pytest.approx(50.0)

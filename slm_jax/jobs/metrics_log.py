@@ -1,7 +1,7 @@
 """Run metrics: a console line every N steps, metrics.jsonl, TensorBoard, a progress bar.
 
 Every train line carries where the time went: `step_s` (wall time per step since the last
-line), `data_wait_share` (of it, the host waiting for batches), `tokens_per_s`, `mfu` (model
+line, less the time spent in evals: `MetricsLogger.paused`), `data_wait_share` (of it, the host waiting for batches), `tokens_per_s`, `mfu` (model
 FLOPs per token x tokens/s over the devices' peak, slm_jax/jobs/perf.py) and `peak_mem_bytes`
 (device memory where the backend reports it, else the process's RSS).
 
@@ -13,6 +13,7 @@ writes under `run_dir/wandb/` with no network (`wandb sync` uploads it later).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -88,6 +89,16 @@ class MetricsLogger:
             self._bar = tqdm.tqdm(total=total_steps, initial=start_step, desc=name,
                                   unit="step", dynamic_ncols=True, leave=False,
                                   disable=None)  # None: no bar when stderr is not a terminal
+
+    @contextlib.contextmanager
+    def paused(self):
+        """Time spent inside (an eval) is left out of the next line's step_s, tokens/s, MFU."""
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            last_time, last_step = self._last
+            self._last = (last_time + time.perf_counter() - begin, last_step)
 
     def step_done(self, step: int):
         if self._bar is not None:

@@ -213,7 +213,8 @@ def train(run_dir: str = gin.REQUIRED, *,
         summary, last_metrics = {}, None  # metrics checked one step late: the host never stalls
         try:
             if eval_first and start == 0 and evaluator:
-                logger.log(0, evaluator(state.params), prefix="eval_")
+                with logger.paused():
+                    logger.log(0, evaluator(state.params), prefix="eval_")
             for step in range(start, num_steps):
                 profiler.before_step(step)
                 state, metrics = step_fn(state, ref.params if ref else None, next(batches))
@@ -226,7 +227,8 @@ def train(run_dir: str = gin.REQUIRED, *,
                 if done % log_every == 0 or done == num_steps:
                     summary = logger.log(done, batches.add_to(metrics))
                 if evaluator.due(done, num_steps):
-                    logger.log(done, evaluator(state.params), prefix="eval_")
+                    with logger.paused():
+                        logger.log(done, evaluator(state.params), prefix="eval_")
                 stop = preemption.reached(checkpointer, done)
                 if stop or checkpointer.due(done) or done == num_steps:
                     train_hooks.check_finite(metrics, done, on_nonfinite)  # never save a bad state
