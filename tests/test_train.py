@@ -57,13 +57,22 @@ def test_nonfinite_updates_can_be_skipped(tmp_path, web):
     assert [ln["skipped"] for ln in lines] == [0.0, 1.0, 1.0, 1.0]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(tmp_path, web, signum):
+@pytest.fixture(scope="module")
+def jax_cache(tmp_path_factory):
+    """One persistent compilation cache for this module's processes: all but the first load
+    the compiled step instead of compiling it again."""
+    return tmp_path_factory.mktemp("jax_cache")
+
+
+# Both signals write the same checkpoint; resuming from it is checked once (and in
+# tests/e2e/test_resume.py).
+@pytest.mark.parametrize("signum,resume", [(signal.SIGTERM, True), (signal.SIGINT, False)])
+def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(tmp_path, web, jax_cache,
+                                                                  signum, resume):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "slm_jax.main", "--gin_file=gin/models/tiny.gin",
            "--gin.run.job=train", f"--gin.train.run_dir={run_dir}", "--gin.train.num_steps=100000",
-           # the resumed process loads the compiled step instead of compiling it again
-           f"--gin.run.compilation_cache_dir={tmp_path / 'jax_cache'}",
+           f"--gin.run.compilation_cache_dir={jax_cache}",
            f"--gin.DataConfig.file_pattern={web.file_pattern}",
            f"--gin.DataConfig.vocab_path={web.vocab_path}", "--gin.DataConfig.seq_len=64",
            "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=1",
@@ -86,6 +95,8 @@ def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(tmp_path, web
     assert len(saved) == 1 and saved[0] >= 3
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     print(f"{signal.Signals(signum).name} -> checkpoint written and exit in {elapsed:.2f}s")
+    if not resume:
+        return
     # The same command resumes from that checkpoint.
     more = f"--gin.train.num_steps={saved[0] + 2}"
     resumed = subprocess.run([more if a.startswith("--gin.train.num_steps=") else a for a in cmd],
