@@ -32,11 +32,11 @@ TOLERANCE = 1e-5    # gloo sums the 8 devices' partial results in another order 
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("multiprocess")
     paths, vocab = tiny_corpus(root, seed=4)
-    return paths.web_tfrecord, vocab
+    return paths.web_tfrecord, vocab, str(root / "jax_cache")
 
 
 def flags(data, run_dir, num_steps):
-    pattern, vocab = data
+    pattern, vocab, _ = data
     return ["--gin_file=gin/models/tiny.gin", "--gin.run.job=train",
             f"--gin.train.run_dir={run_dir}", f"--gin.train.num_steps={num_steps}",
             f"--gin.DataConfig.file_pattern={pattern}", f"--gin.DataConfig.vocab_path={vocab}",
@@ -84,7 +84,9 @@ def run_two_processes(data, run_dir, num_steps) -> list[str]:
             [sys.executable, "-m", "slm_jax.main", *flags(data, run_dir, num_steps),
              f"--gin.initialize_distributed.coordinator_address=127.0.0.1:{port}",
              "--gin.initialize_distributed.num_processes=2",
-             f"--gin.initialize_distributed.process_id={process_id}"],
+             f"--gin.initialize_distributed.process_id={process_id}",
+             # the second two-process job loads the first one's compiled step
+             f"--gin.run.compilation_cache_dir={data[2]}"],
             cwd=REPO, env=env(4), stdout=log, stderr=subprocess.STDOUT, text=True))
         logs.append(log)
     try:
