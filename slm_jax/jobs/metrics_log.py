@@ -1,9 +1,10 @@
 """Run metrics: a console line every N steps, metrics.jsonl, TensorBoard, a progress bar.
 
 Every train line carries where the time went: `step_s` (wall time per step since the last
-line, less the time spent in evals: `MetricsLogger.paused`), `data_wait_share` (of it, the host waiting for batches), `tokens_per_s`, `mfu` (model
-FLOPs per token x tokens/s over the devices' peak, slm_jax/jobs/perf.py) and `peak_mem_bytes`
-(device memory where the backend reports it, else the process's RSS).
+line, less the time spent in evals: `MetricsLogger.paused`), `data_wait_share` (of it, the
+host waiting for batches), `tokens_per_s`, `mfu` (model FLOPs per token x tokens/s over the
+devices' peak, slm_jax/jobs/perf.py) and `peak_mem_bytes` (device memory where the backend
+reports it, else the process's RSS).
 
 Weights & Biases is optional and off by default: `WandbConfig.project = 'name'` turns it on
 (the `wandb` package must be installed); only process 0 logs, and a resumed run continues

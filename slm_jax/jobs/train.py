@@ -211,10 +211,14 @@ def train(run_dir: str = gin.REQUIRED, *,
         preemption = train_hooks.PreemptionWatcher()  # SIGTERM/SIGINT: checkpoint, exit 0
         profiler = train_hooks.Profiler(os.path.join(run_dir, "profile"), profile)
         summary, last_metrics = {}, None  # metrics checked one step late: the host never stalls
+
+        def log_eval(step, params):  # eval time is not counted as train step time
+            with logger.paused():
+                return logger.log(step, evaluator(params), prefix="eval_")
+
         try:
             if eval_first and start == 0 and evaluator:
-                with logger.paused():
-                    logger.log(0, evaluator(state.params), prefix="eval_")
+                log_eval(0, state.params)
             for step in range(start, num_steps):
                 profiler.before_step(step)
                 state, metrics = step_fn(state, ref.params if ref else None, next(batches))
@@ -227,8 +231,7 @@ def train(run_dir: str = gin.REQUIRED, *,
                 if done % log_every == 0 or done == num_steps:
                     summary = logger.log(done, batches.add_to(metrics))
                 if evaluator.due(done, num_steps):
-                    with logger.paused():
-                        logger.log(done, evaluator(state.params), prefix="eval_")
+                    log_eval(done, state.params)
                 stop = preemption.reached(checkpointer, done)
                 if stop or checkpointer.due(done) or done == num_steps:
                     train_hooks.check_finite(metrics, done, on_nonfinite)  # never save a bad state
@@ -240,9 +243,7 @@ def train(run_dir: str = gin.REQUIRED, *,
                     break
             else:
                 if evaluator:
-                    final = evaluator(state.params)
-                    summary.update({"eval_" + k: v for k, v in final.items()})
-                    logger.log(num_steps, final, prefix="eval_")
+                    summary.update(log_eval(num_steps, state.params))
         finally:
             profiler.close()
             checkpointer.wait()   # a Ctrl-C now must not kill the last save half-written
