@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from slm_jax.data import demo_corpus, tokenizer
+from slm_jax.corpora import embedded
+from slm_jax.data import tokenizer
 
 SHAPES = ("smollm2", "qwen", "llama3")
 SMOLLM2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -59,8 +60,8 @@ def write_hf_tokenizer(directory, texts, shape: str = "smollm2", vocab_size: int
 
 @pytest.fixture(scope="module")
 def texts(tmp_path_factory):
-    corpus = demo_corpus.generate_corpus(str(tmp_path_factory.mktemp("texts")), seed=1,
-                                         n_web_docs=12, n_clean_docs=6, n_eval_docs=2)
+    corpus = embedded.generate_corpus(str(tmp_path_factory.mktemp("texts")), seed=1,
+                                      n_web_docs=12, n_clean_docs=6, n_eval_docs=2)
     return _texts(corpus.jsonl["web"]) + _texts(corpus.jsonl["clean"])
 
 

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from slm_jax.data import BATCH_KEYS, demo_corpus, iterator, pipeline, tasks, tokenizer
+from slm_jax.corpora import embedded
+from slm_jax.data import BATCH_KEYS, iterator, pipeline, tasks, tokenizer
 
 STEPS = 40  # each stream reads its ~35 documents 1.5 times, over several packing blocks
 
@@ -20,7 +21,7 @@ STEPS = 40  # each stream reads its ~35 documents 1.5 times, over several packin
 def data(tmp_path_factory):
     """4 TFRecord files of short documents (1-4 lines: rows hold one or several chunks)."""
     root = str(tmp_path_factory.mktemp("order"))
-    corpus = demo_corpus.generate_corpus(root, seed=0, n_web_docs=12, n_clean_docs=1, n_eval_docs=1)
+    corpus = embedded.generate_corpus(root, seed=0, n_web_docs=12, n_clean_docs=1, n_eval_docs=1)
     vocab = tokenizer.train_sentencepiece([corpus.web_jsonl], os.path.join(root, "spm"), vocab_size=512)
     with open(corpus.web_jsonl, encoding="utf-8") as f:
         lines = [line for row in f for line in json.loads(row)["text"].split("\n") if line.strip()]

@@ -12,7 +12,8 @@ import tensorflow_datasets as tfds
 
 from slm_jax.data import BATCH_KEYS
 from slm_jax import main as main_lib
-from slm_jax.data import demo_corpus, openwebmath, pipeline, prepare, tokenizer
+from slm_jax.corpora import embedded
+from slm_jax.data import openwebmath, pipeline, prepare, tokenizer
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -24,7 +25,7 @@ BAD_UTF8 = b"caf\xe9 \xff broken"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("owm")
-    paths = demo_corpus.generate_corpus(str(root), seed=1, n_web_docs=20, n_clean_docs=1, n_eval_docs=1)
+    paths = embedded.generate_corpus(str(root), seed=1, n_web_docs=20, n_clean_docs=1, n_eval_docs=1)
     with open(paths.web_jsonl, encoding="utf-8") as f:
         texts = [json.loads(line)["text"] for line in f]
     vocab = tokenizer.train_sentencepiece([paths.web_jsonl], str(root / "spm"), vocab_size=512)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from slm_jax.data import BATCH_KEYS
-from slm_jax.data import demo_corpus, iterator, pipeline, tasks, tokenizer
+from slm_jax.corpora import embedded
+from slm_jax.data import iterator, pipeline, tasks, tokenizer
 
 BOS, EOS = 1, 2
 SEQ_LEN = 128  # shorter than most web documents, so chunking is exercised
@@ -27,7 +28,7 @@ def _texts(path):
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    return demo_corpus.generate_corpus(str(root), seed=0, n_web_docs=40, n_clean_docs=30, n_eval_docs=10)
+    return embedded.generate_corpus(str(root), seed=0, n_web_docs=40, n_clean_docs=30, n_eval_docs=10)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from slm_jax.data import demo_corpus, tasks
+from slm_jax.corpora import embedded
+from slm_jax.data import tasks
 
 BOS, EOS = 1, 2
 
@@ -16,7 +17,7 @@ BOS, EOS = 1, 2
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus")
-    return demo_corpus.generate_corpus(str(root), seed=0, n_web_docs=40, n_clean_docs=30, n_eval_docs=10)
+    return embedded.generate_corpus(str(root), seed=0, n_web_docs=40, n_clean_docs=30, n_eval_docs=10)
 
 
 # --------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from slm_jax.data import demo_corpus, hf_tokenizer, tasks, tokenizer
+from slm_jax.corpora import embedded
+from slm_jax.data import hf_tokenizer, tasks, tokenizer
 from tests.test_pipeline import _texts, corpus, model_path, vocab  # noqa: F401  (shared fixtures and helpers)
 
 BOS, EOS = 1, 2
@@ -36,7 +37,7 @@ def test_trained_model_has_llama_ids(vocab):
 
 
 def test_tokenization_round_trips_without_unk(corpus, vocab):
-    for split in demo_corpus.SPLITS:
+    for split in embedded.SPLITS:
         for text in _texts(corpus.jsonl[split]):
             ids = vocab.encode(text)
             assert 0 not in ids

@@ -16,14 +16,15 @@ import os
 
 import gin
 
-from slm_jax.data import demo_corpus, forum_corpus, pipeline, tokenizer
+from slm_jax.corpora import embedded, forum
+from slm_jax.data import pipeline, tokenizer
 from slm_jax.jobs import train as train_lib
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 
 
 # The generated corpora: the embedded one (tuned on) and a second one to check on.
-CORPORA = {"embedded": demo_corpus, "forum": forum_corpus}
+CORPORA = {"embedded": embedded, "forum": forum}
 
 
 def prepare_demo_data(work_dir: str, *, vocab_size: int, seed: int, corpus: str = "embedded",

@@ -1,7 +1,7 @@
 """A second synthetic math corpus, unlike the embedded one: homework-forum threads.
 
 The experiment's recipe (ratio, learning rate, steps) was tuned on the embedded corpus
-(`demo_corpus`); this one checks that SLM's gains carry over to data nobody tuned on.
+(embedded.py); this one checks that SLM's gains carry over to data nobody tuned on.
 It differs in what the problems are and, above all, in what the noise is:
 
 * ``web``   forum threads: a question, chatter ("bump", "same homework lol"), quoted
@@ -21,8 +21,8 @@ import functools
 import random
 from collections.abc import Iterator
 
-from slm_jax.data import demo_corpus
-from slm_jax.data.demo_corpus import Document, Problem
+from slm_jax.corpora import embedded
+from slm_jax.corpora.embedded import Document, Problem
 
 _NAMES = ("Ana", "Bo", "Chen", "Dev", "Eva", "Femi", "Gus", "Ines", "Jon", "Kai", "Lia",
           "Max", "Noor", "Oli", "Pia", "Raj", "Sol", "Tom", "Val", "Yara")
@@ -153,12 +153,12 @@ def iter_documents(split: str, seed: int, n: int, *,
                    excluded_keys: frozenset | set = frozenset()) -> Iterator[Document]:
     """Yields ``n`` documents of ``split`` ("web", "clean" or "eval"); problems whose key
     is in ``excluded_keys`` are redrawn (how held-out problems stay out of training)."""
-    if split not in demo_corpus.SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {demo_corpus.SPLITS}.")
+    if split not in embedded.SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {embedded.SPLITS}.")
     rng = random.Random(f"slm-forum-corpus:{seed}:{split}")
     for _ in range(n):
         count = rng.choices((1, 2, 3), weights=(5, 3, 2))[0]
-        problems = tuple(demo_corpus.draw_problem(rng, excluded_keys, TEMPLATES)
+        problems = tuple(embedded.draw_problem(rng, excluded_keys, TEMPLATES)
                          for _ in range(count))
         if split == "web":
             threads = [_thread(rng, p) for p in problems]
@@ -168,7 +168,7 @@ def iter_documents(split: str, seed: int, n: int, *,
             yield Document("\n\n".join(p.text() for p in problems), problems)
 
 
-generate_corpus = functools.partial(demo_corpus.generate_corpus, documents=iter_documents)
-generate_corpus.__doc__ = "demo_corpus.generate_corpus over the forum threads."
+generate_corpus = functools.partial(embedded.generate_corpus, documents=iter_documents)
+generate_corpus.__doc__ = "embedded.generate_corpus over the forum threads."
 
 __all__ = ["PROMPT_LABELS", "TEMPLATES", "generate_corpus", "iter_documents"]

@@ -514,7 +514,7 @@ def generate_corpus(
     ``{web,clean,eval}.tfrecord`` (``tf.train.Example`` with bytes feature
     ``"text"``), ``eval_problems.jsonl`` (``{"question", "answer"}``) and
     ``exemplars.jsonl`` (8 clean-split problems, also with their ``solution``).
-    ``documents`` is the split generator (this corpus's, or e.g. forum_corpus's).
+    ``documents`` is the split generator (this corpus's, or e.g. forum's).
     Same seed, same bytes.
     """
     # Deferred: TensorFlow is only needed to write the TFRecord copies.

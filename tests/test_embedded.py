@@ -1,4 +1,5 @@
-"""The synthetic demo corpus: determinism, noise placement, correct arithmetic, held-out eval."""
+"""The embedded generated corpus (slm_jax/corpora/embedded.py): determinism, noise placement,
+correct arithmetic, held-out eval."""
 
 import json
 import operator
@@ -7,7 +8,7 @@ import re
 
 import pytest
 
-from slm_jax.data import demo_corpus
+from slm_jax.corpora import embedded
 
 SMALL = dict(n_web_docs=60, n_clean_docs=30, n_eval_docs=15)
 EQUATION = re.compile(r"(?<![\w.])(\d+) ([-+*/]) (\d+) = (\d+)(?!\d)")
@@ -29,12 +30,12 @@ def _all_bytes(root):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return demo_corpus.generate_corpus(str(tmp_path_factory.mktemp("corpus")), seed=0, **SMALL)
+    return embedded.generate_corpus(str(tmp_path_factory.mktemp("corpus")), seed=0, **SMALL)
 
 
 def test_same_seed_same_files_other_seed_different(corpus, tmp_path):
-    again = demo_corpus.generate_corpus(str(tmp_path / "again"), seed=0, **SMALL)
-    other = demo_corpus.generate_corpus(str(tmp_path / "other"), seed=1, **SMALL)
+    again = embedded.generate_corpus(str(tmp_path / "again"), seed=0, **SMALL)
+    other = embedded.generate_corpus(str(tmp_path / "other"), seed=1, **SMALL)
     first = _all_bytes(corpus.root)
     assert set(first) == {
         "web.jsonl", "web.tfrecord", "clean.jsonl", "clean.tfrecord",
@@ -49,7 +50,7 @@ def test_tfrecords_hold_the_jsonl_documents(corpus):
     import tensorflow as tf
 
     spec = {"text": tf.io.FixedLenFeature([], tf.string)}
-    for split in demo_corpus.SPLITS:
+    for split in embedded.SPLITS:
         records = tf.data.TFRecordDataset(corpus.tfrecord[split])
         texts = [tf.io.parse_single_example(r, spec)["text"].numpy().decode() for r in records]
         assert texts == _texts(corpus.jsonl[split])
@@ -65,13 +66,13 @@ def test_noise_only_in_web_split(corpus):
 
 
 def test_web_noise_share_is_thirty_to_fifty_percent():
-    docs = list(demo_corpus.iter_documents("web", seed=0, n=200))
+    docs = list(embedded.iter_documents("web", seed=0, n=200))
     share = sum(d.noise_chars for d in docs) / sum(len(d.text) for d in docs)
     assert 0.3 <= share <= 0.55
     assert all(d.noise_chars > 0 for d in docs)
 
 
-@pytest.mark.parametrize("split", demo_corpus.SPLITS)
+@pytest.mark.parametrize("split", embedded.SPLITS)
 def test_every_step_is_correct_and_ends_in_the_answer(corpus, split):
     for text in _texts(corpus.jsonl[split]):
         answers, last_result = 0, None
@@ -99,7 +100,7 @@ def test_eval_problems_are_held_out(corpus):
 
 
 def test_held_out_keys_are_redrawn():
-    held_out = {p.key for d in demo_corpus.iter_documents("eval", 0, 15) for p in d.problems}
+    held_out = {p.key for d in embedded.iter_documents("eval", 0, 15) for p in d.problems}
     for split in ("web", "clean"):
-        docs = demo_corpus.iter_documents(split, 0, 60, excluded_keys=held_out)
+        docs = embedded.iter_documents(split, 0, 60, excluded_keys=held_out)
         assert not held_out & {p.key for d in docs for p in d.problems}

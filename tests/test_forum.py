@@ -1,4 +1,4 @@
-"""The second generated corpus (slm_jax/data/forum_corpus.py): forum threads whose noise
+"""The second generated corpus (slm_jax/corpora/forum.py): forum threads whose noise
 includes wrong worked attempts, a clean textbook split, held-out problems."""
 
 import json
@@ -6,12 +6,12 @@ import re
 
 import pytest
 
-from slm_jax.data import forum_corpus
+from slm_jax.corpora import forum
 from slm_jax.math_eval import grader
 
 
 def _docs(split, n=60, **kwargs):
-    return list(forum_corpus.iter_documents(split, seed=3, n=n, **kwargs))
+    return list(forum.iter_documents(split, seed=3, n=n, **kwargs))
 
 
 def test_clean_solutions_are_right_and_graded_from_their_text():
@@ -44,8 +44,8 @@ def test_held_out_problems_never_reach_training_and_generation_is_deterministic(
         assert not held_out & {p.key for d in _docs(split, excluded_keys=held_out)
                                for p in d.problems}
     assert [d.text for d in _docs("web")] == [d.text for d in _docs("web")]
-    paths = forum_corpus.generate_corpus(str(tmp_path), seed=1, n_web_docs=20, n_clean_docs=10,
-                                         n_eval_docs=5)
+    paths = forum.generate_corpus(str(tmp_path), seed=1, n_web_docs=20, n_clean_docs=10,
+                                  n_eval_docs=5)
     exemplars = [json.loads(line) for line in open(paths.exemplars)]
     assert exemplars and all(grader.grade(e["solution"], e["answer"]).correct for e in exemplars)
     assert not exemplars[0]["solution"].startswith("Solution:")
