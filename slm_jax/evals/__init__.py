@@ -1,6 +1,6 @@
 """Evaluation through lm-evaluation-harness (EleutherAI's `lm_eval`).
 
-    scoring.py          log-probabilities of continuation tokens: batched, sharded, on device
+    loglikelihood.py    log-probabilities of continuation tokens: batched, sharded, on device
     lm_eval_backend.py  the `slm_jax` model for lm-eval: loglikelihood, loglikelihood_rolling,
                         generate_until (KV-cache decoding from slm_jax/model/generate.py)
     harness.py          run a task list (simple_evaluate), write lm-eval's results and samples,

@@ -10,7 +10,7 @@ two agree on the same weights:
 
 * loglikelihood: lm-eval's TemplateLM encodes context and context + continuation and
   splits the latter (trailing context spaces move to the continuation); an empty context
-  becomes the prefix token. Scored by slm_jax/evals/scoring.py.
+  becomes the prefix token. Scored by slm_jax/evals/loglikelihood.py.
 * loglikelihood_rolling: the text's tokens in windows of `max_length`
   (lm_eval.utils.get_rolling_token_windows), the first one conditioned on the prefix token.
 * generate_until: KV-cache decoding (slm_jax/model/generate.py), greedy or sampled
@@ -35,7 +35,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import normalize_gen_kwargs
 
 from slm_jax import model as model_lib
-from slm_jax.evals.scoring import ContinuationScorer
+from slm_jax.evals.loglikelihood import ContinuationScorer
 from slm_jax.model.generate import Generator
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
