@@ -13,8 +13,8 @@ lm-evaluation-harness tasks through the slm_jax backend (docs/evaluation.md):
       --tasks gsm8k_cot,minerva_math --out OUT/eval [--num_problems 100] \\
       [--include_path my_tasks/] [--gen_kwargs max_gen_toks=512]
 
-Same as `python -m slm_jax.main --gin_file=... --gin.run.job=eval --gin.math_eval.*=...`
-(see slm_jax/jobs/math_eval.py). Without --gin_file the model.gin (converted) or
+Same as `python -m slm_jax.main --gin_file=... --gin.run.job=eval --gin.eval.*=...`
+(see slm_jax/jobs/evaluation.py). Without --gin_file the model.gin (converted) or
 config.gin (a train run) beside the checkpoints gives the ModelConfig.
 """
 
@@ -65,15 +65,15 @@ def to_main_flags(argv: list[str]) -> list[str]:
     unknown = [a for a in rest if not a.startswith("--gin.")]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    source = (f"--gin.math_eval.datasets={','.join(args.data)}" if args.data
-              else f"--gin.math_eval.tasks={args.tasks}")
+    source = (f"--gin.eval.datasets={','.join(args.data)}" if args.data
+              else f"--gin.eval.tasks={args.tasks}")
     flags = [f"--gin_file={f}" for f in _gin_files(args, parser)] + [
-        "--gin.run.job=eval", f"--gin.math_eval.checkpoint={args.ckpt_dir}",
-        f"--gin.math_eval.vocab_path={args.tokenizer}", source,
-        f"--gin.math_eval.out_dir={args.out}"]
+        "--gin.run.job=eval", f"--gin.eval.checkpoint={args.ckpt_dir}",
+        f"--gin.eval.vocab_path={args.tokenizer}", source,
+        f"--gin.eval.out_dir={args.out}"]
     for name in _PASSED_ON:
         if getattr(args, name) is not None:
-            flags.append(f"--gin.math_eval.{name}={getattr(args, name)}")
+            flags.append(f"--gin.eval.{name}={getattr(args, name)}")
     return flags + rest
 
 

@@ -9,10 +9,10 @@ def test_evaluate_cli_flags():
     flags = evaluate.to_main_flags(["--ckpt_dir", "c", "--gin_file", "m.gin", "--tokenizer", "t",
                                     "--data", "gsm8k=a.jsonl", "--data", "math=b.jsonl",
                                     "--out", "o", "--n_shot", "4", "--gin.ModelConfig.dtype=x"])
-    assert flags == ["--gin_file=m.gin", "--gin.run.job=eval", "--gin.math_eval.checkpoint=c",
-                     "--gin.math_eval.vocab_path=t",
-                     "--gin.math_eval.datasets=gsm8k=a.jsonl,math=b.jsonl",
-                     "--gin.math_eval.out_dir=o", "--gin.math_eval.n_shot=4",
+    assert flags == ["--gin_file=m.gin", "--gin.run.job=eval", "--gin.eval.checkpoint=c",
+                     "--gin.eval.vocab_path=t",
+                     "--gin.eval.datasets=gsm8k=a.jsonl,math=b.jsonl",
+                     "--gin.eval.out_dir=o", "--gin.eval.n_shot=4",
                      "--gin.ModelConfig.dtype=x"]
 
 
@@ -25,11 +25,11 @@ def test_evaluate_cli_lm_eval_tasks_and_model_gin_beside_the_checkpoint(tmp_path
                                     "--num_problems", "5", "--include_path", "my_tasks",
                                     "--gen_kwargs", "max_gen_toks=64"])
     assert flags == [f"--gin_file={tmp_path / 'model.gin'}", "--gin.run.job=eval",
-                     f"--gin.math_eval.checkpoint={tmp_path / 'checkpoints'}",
-                     "--gin.math_eval.vocab_path=t",
-                     "--gin.math_eval.tasks=gsm8k_cot,minerva_math", "--gin.math_eval.out_dir=o",
-                     "--gin.math_eval.num_problems=5", "--gin.math_eval.include_path=my_tasks",
-                     "--gin.math_eval.gen_kwargs=max_gen_toks=64"]
+                     f"--gin.eval.checkpoint={tmp_path / 'checkpoints'}",
+                     "--gin.eval.vocab_path=t",
+                     "--gin.eval.tasks=gsm8k_cot,minerva_math", "--gin.eval.out_dir=o",
+                     "--gin.eval.num_problems=5", "--gin.eval.include_path=my_tasks",
+                     "--gin.eval.gen_kwargs=max_gen_toks=64"]
 
 
 def test_evaluate_cli_needs_one_source(capsys):

@@ -7,8 +7,9 @@ import jax
 import pytest
 
 from slm_jax import model as model_lib
-from slm_jax.parallel import sharding
 from slm_jax.model.generate import Generator, generate, greedy_generate, greedy_generate_uncached
+from slm_jax.parallel import sharding
+from slm_jax.parallel.runtime import Runtime
 
 TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=48, dtype="float32")
@@ -63,10 +64,25 @@ def test_eos_and_max_seq_len_match_uncached(tiny):
 def test_sharded_on_eight_devices_matches_unsharded(both):
     config, params = both
     mesh = sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=1, tensor=2))
-    generator = Generator(config, mesh=mesh, batch_size=3)  # 3 rows pad to 4 per batch
+    generator = Generator(config, placement=Runtime(mesh), batch_size=3)  # 3 rows pad to 4
     sharded = generator.shard_params(params)
     got = generator.generate(sharded, PROMPTS, max_new_tokens=12, pad_side="left")
     expected = greedy_generate_uncached(params, config, PROMPTS, max_new_tokens=12, eos_id=None)
+    assert [c.tokens for c in got] == expected
+
+
+def test_under_a_callers_mesh_the_batch_pads_to_its_data_axes(tiny):
+    """No placement, but inside a Runtime's context (as a training eval hook may run): the
+    batch pads to the mesh's data-parallel size and the tokens do not change."""
+    config, params = tiny
+    runtime = Runtime(sharding.make_mesh(sharding.MeshConfig(data=4, fsdp=1, tensor=2)))
+    generator = Generator(config, batch_size=3)
+    assert generator._data_parallel_size() == 1
+    expected = greedy_generate_uncached(params, config, PROMPTS, max_new_tokens=12, eos_id=None)
+    with runtime.activate():
+        assert generator._data_parallel_size() == 4
+        sharded = jax.device_put(params, runtime.param_shardings(config))
+        got = generator.generate(sharded, PROMPTS, max_new_tokens=12)
     assert [c.tokens for c in got] == expected
 
 

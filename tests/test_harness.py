@@ -56,6 +56,14 @@ def test_unknown_tasks_and_bad_paths_are_refused(manager, tmp_path):
     assert harness.parse_tasks("gsm8k_cot, minerva_math") == ["gsm8k_cot", "minerva_math"]
 
 
+def test_prepare_tasks_refuses_unknown_names_before_any_model_work(tmp_path):
+    include = lm_eval_tasks.write_tasks(tmp_path)
+    names, manager = harness.prepare_tasks("tiny_mc, tiny_gen", include, include_defaults=False)
+    assert names == ["tiny_mc", "tiny_gen"] and {"tiny_mc", "tiny_gen"} <= set(manager.all_tasks)
+    with pytest.raises(ValueError, match="no task .*nope"):
+        harness.prepare_tasks("tiny_mc,nope", include, include_defaults=False)
+
+
 def test_scalar_metrics_name_task_metric_and_filter():
     results = {"results": {"gsm8k_cot": {"alias": "gsm8k_cot", "exact_match,strict-match": 0.25,
                                          "exact_match_stderr,strict-match": 0.1,

@@ -62,6 +62,16 @@ def test_missing_required_value_names_the_binding(capsys):
     assert "run_dir" in out.err and len(out.err.strip().splitlines()) == 1
 
 
+def test_renamed_configurable_names_the_new_one(capsys):
+    """The `eval` job's configurable was `math_eval`: an old binding fails in one line that
+    names the new one."""
+    code, out = run_main(capsys, ["--gin_file=gin/models/tiny.gin", "--gin.run.job=eval",
+                                  "--gin.math_eval.tasks=gsm8k_cot"])
+    assert code == 2
+    assert out.err.strip().splitlines() == [
+        "math_eval.tasks was renamed: bind eval.tasks instead (e.g. --gin.eval.tasks=...)"]
+
+
 def test_train_logs_checkpoints_and_resumes(capsys, corpus, tmp_path):
     run_dir = tmp_path / "run"
     code, out = run_main(capsys, train_flags(corpus, run_dir, "--gin.train.num_steps=4",

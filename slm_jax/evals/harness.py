@@ -1,5 +1,11 @@
 """Running lm-eval task lists through the slm_jax backend, and what comes out of them.
 
+`evaluate_checkpoint` is the `eval` job's lm-eval mode (slm_jax/jobs/evaluation.py with
+`eval.tasks` bound; also `python -m slm_jax.evaluate --tasks ...`):
+
+    python -m slm_jax.evaluate --ckpt_dir OUT/checkpoints --tokenizer OUT \\
+      --tasks gsm8k_cot,minerva_math --out OUT/eval [--num_problems 100]
+
 Files (lm-eval's own, as its command line writes them with --output_path DIR/results.json
 --log_samples):
     results_{date}.json             lm-eval's results dict (metrics, configs, versions, ...)
@@ -14,6 +20,9 @@ import os
 from collections.abc import Sequence
 
 import jax
+
+from slm_jax import model as model_lib
+from slm_jax.parallel import sharding
 
 
 def parse_tasks(tasks) -> list[str]:
@@ -47,6 +56,14 @@ def check_tasks(manager, names: Sequence[str]) -> None:
     if missing:
         raise ValueError(f"lm-eval knows no task {missing}; see `lm_eval ls tasks` or pass the "
                          "directory of your task YAMLs as include_path")
+
+
+def prepare_tasks(tasks, include_path, include_defaults: bool):
+    """(task names, TaskManager), unknown names refused before any model work."""
+    names = parse_tasks(tasks)
+    manager = task_manager(include_path, include_defaults)
+    check_tasks(manager, names)
+    return names, manager
 
 
 def evaluate(lm, tasks: Sequence[str], manager, *, limit: int | float | None = None,
@@ -85,6 +102,22 @@ def run_and_write(lm, tasks: Sequence[str], manager, out_dir: str, **kwargs) -> 
             raise OSError(f"lm-eval could not write its results into {out_dir!r}")
         print(make_table(results), flush=True)
     return results
+
+
+def evaluate_checkpoint(out_dir: str, *, checkpoint: str, vocab_path: str, tasks,
+                        model: model_lib.ModelConfig, mesh: sharding.MeshConfig | None,
+                        batch_size: int, max_gen_toks: int, limit: int | float | None,
+                        num_fewshot: int | None, include_path=None, include_defaults: bool = True,
+                        gen_kwargs: str | None = None) -> dict:
+    """Runs lm-eval `tasks` on `checkpoint`; writes lm-eval's results and samples into
+    out_dir and returns the flat metrics ({task}_{metric}[_{filter}] -> value)."""
+    from slm_jax.evals.lm_eval_backend import SlmJaxLM
+    names, manager = prepare_tasks(tasks, include_path, include_defaults)
+    lm = SlmJaxLM.from_checkpoint(checkpoint, vocab_path, model, mesh=mesh,
+                                  batch_size=batch_size, max_gen_toks=max_gen_toks)
+    results = run_and_write(lm, names, manager, out_dir, limit=limit,
+                            num_fewshot=num_fewshot, gen_kwargs=gen_kwargs)
+    return scalar_metrics(results)
 
 
 def scalar_metrics(results: dict) -> dict[str, float]:

@@ -89,8 +89,7 @@ class SlmJaxLM(TemplateLM):
         self.checkpoint: str | None = None  # recorded in lm-eval's results["config"]
         self.scorer = ContinuationScorer(config, self.runtime, batch_size=self.batch_size,
                                          max_length=self._max_length)
-        self.generator = Generator(config, mesh=self.runtime.mesh, rules=self.runtime.rules,
-                                   batch_size=self.batch_size)
+        self.generator = Generator(config, placement=self.runtime, batch_size=self.batch_size)
         self.params = params
 
     # -- construction from files ---------------------------------------------------------

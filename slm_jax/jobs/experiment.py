@@ -29,10 +29,10 @@ import gin
 
 from slm_jax import model as model_lib
 from slm_jax.evals import problem_task
+from slm_jax.evals.train_evals import HarnessEval
 from slm_jax.jobs import score as scoring
 from slm_jax.jobs import train as train_lib
 from slm_jax.jobs.demo import CORPORA, data_over, prepare_demo_data
-from slm_jax.jobs.harness_eval import HarnessEval
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 

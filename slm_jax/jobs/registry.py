@@ -5,8 +5,9 @@ from __future__ import annotations
 import gin
 
 from slm_jax.data import pipeline  # noqa: F401  (DataConfig)
-from slm_jax.jobs import analyze, demo, experiment, math_eval, score, step_benchmark, train
-from slm_jax.jobs import harness_eval, train_hooks  # noqa: F401  (HarnessEval, HeldOutLossEval)
+from slm_jax.evals import train_evals  # noqa: F401  (FewShotEvalConfig, HarnessEval)
+from slm_jax.jobs import analyze, demo, evaluation, experiment, score, step_benchmark, train
+from slm_jax.jobs import train_hooks  # noqa: F401  (HeldOutLossEval)
 from slm_jax.model import config  # noqa: F401  (ModelConfig)
 from slm_jax.parallel import checkpoint, distributed, sharding  # noqa: F401  (their configs)
 from slm_jax.slm import optim, reference, selection  # noqa: F401  (their configs)
@@ -18,7 +19,7 @@ JOBS = {
     "experiment": experiment.experiment,  # SLM vs CLM curves in miniature (Figure 1)
     "bench": step_benchmark.bench,  # step time, MFU and SLM/CLM ratios (JSON lines)
     "analyze": analyze.analyze,  # Rho-1 §2.1, Fig. 2
-    "eval": math_eval.math_eval,  # few-shot GSM8K/MATH accuracy, or any lm-eval task list
+    "eval": evaluation.evaluate,  # few-shot GSM8K/MATH accuracy, or any lm-eval task list
 }
 
 

@@ -6,6 +6,6 @@
     problems.py  jsonl datasets in the harness's formats
     runner.py    generate, grade, write predictions and the accuracy table
 
-The `eval` job and the few-shot training hook are slm_jax/jobs/math_eval.py; lm-eval
-tasks go through slm_jax/evals/.
+The `eval` job is slm_jax/jobs/evaluation.py and the few-shot training hook
+slm_jax/evals/train_evals.py (FewShotEvalConfig); lm-eval tasks go through slm_jax/evals/.
 """

@@ -11,9 +11,12 @@ EOS stops a row on device. Stop strings are checked on the host after every chun
 of `chunk_size` tokens by detokenising the row (and ending it there); the loop exits
 early once every row is done.
 
-Sharding: with `mesh` (and the training `rules`), params take the training
-shardings, the batch is split over the data axes (padded to a multiple of them) and
-the KV cache follows the model's logical activation layout.
+Sharding: the model layer knows no mesh; a caller that has one passes a `placement`
+(slm_jax.parallel.runtime.Runtime: a mesh and its logical rules). Then params take the
+training shardings, the batch is split over the data axes (padded to a multiple of them)
+and the KV cache follows the model's logical activation layout. Without one, arrays go to
+the default device; under a mesh the caller has set (jax.set_mesh with flax's logical
+rules), the batch still pads to a multiple of the mesh axes the batch is sharded over.
 
 `greedy_generate_uncached` is the original recomputation decoder (one full forward
 of the [N, T] buffer per token); it stays as the test oracle and benchmark baseline.
@@ -25,13 +28,27 @@ import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from slm_jax import model as model_lib
-from slm_jax.parallel import sharding as sharding_lib
+from slm_jax.model.config import ACT_BATCH
+
+
+class Placement(Protocol):
+    """Where generation puts its arrays; slm_jax.parallel.runtime.Runtime is one."""
+
+    data_parallel_size: int   # devices the batch is split over (it pads to a multiple)
+
+    def batch_sharding(self) -> jax.sharding.Sharding: ...  # [B, ...] prompt arrays
+
+    def param_shardings(self, model_config: model_lib.ModelConfig): ...  # the params tree
+
+    def activate(self) -> contextlib.AbstractContextManager: ...  # activation constraints
 
 
 @dataclasses.dataclass
@@ -122,44 +139,59 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _ambient_data_parallel_size() -> int:
+    """Under a mesh the caller has set (jax.set_mesh and flax's logical axis rules, as in
+    Runtime.activate()): the size of the mesh axes the activation batch is sharded over.
+    1 without a mesh or without a rule for the batch."""
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = dict(nn.get_logical_axis_rules()).get(ACT_BATCH)
+    if not mesh.shape or axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    return int(np.prod([mesh.shape[a] for a in axes if a in mesh.shape]))
+
+
 def _first_stop(text: str, stop_strings: Sequence[str]) -> int | None:
     hits = [text.find(s) for s in stop_strings if s and s in text]
     return min(hits) if hits else None
 
 
 class Generator:
-    """Compiled batched generation for one model config, optionally sharded over `mesh`.
+    """Compiled batched generation for one model config, optionally sharded by `placement`
+    (a Placement, e.g. slm_jax.parallel.runtime.Runtime: its mesh and logical rules).
 
     `generate` splits the prompts into batches of `batch_size` (longest first, so each
     batch pads little), pads the prompt length to a multiple of `prompt_bucket` (fewer
     recompilations) and returns one Completion per prompt, in the input order.
     """
 
-    def __init__(self, config: model_lib.ModelConfig, *, mesh=None,
-                 rules=sharding_lib.DEFAULT_RULES, batch_size: int = 32,
-                 prompt_bucket: int = 64):
+    def __init__(self, config: model_lib.ModelConfig, *, placement: Placement | None = None,
+                 batch_size: int = 32, prompt_bucket: int = 64):
         self.config = config
-        self.mesh = mesh
-        self.rules = rules
+        self.placement = placement
         self.batch_size = batch_size
         self.prompt_bucket = prompt_bucket
 
     def shard_params(self, params):
-        """Places params with the training shardings (no-op without a mesh)."""
-        if self.mesh is None:
+        """Places params with the training shardings (no-op without a placement)."""
+        if self.placement is None:
             return params
-        return jax.device_put(params, sharding_lib.param_shardings(self.config, self.mesh,
-                                                                self.rules))
+        return jax.device_put(params, self.placement.param_shardings(self.config))
 
     def _context(self):
-        if self.mesh is None:
+        if self.placement is None:
             return contextlib.nullcontext()
-        return sharding_lib.activation_sharding(self.mesh, self.rules)
+        return self.placement.activate()
 
     def _put_batch(self, array: np.ndarray):
-        if self.mesh is None:
+        if self.placement is None:
             return jnp.asarray(array)
-        return jax.device_put(array, sharding_lib.batch_sharding(self.mesh))
+        return jax.device_put(array, self.placement.batch_sharding())
+
+    def _data_parallel_size(self) -> int:
+        if self.placement is None:
+            return _ambient_data_parallel_size()
+        return self.placement.data_parallel_size
 
     def generate(self, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                  temperature: float = 0.0, top_p: float = 1.0, eos_id: int | None = None,
@@ -202,8 +234,7 @@ class Generator:
         width = max(longest, min(_round_up(longest, self.prompt_bucket),
                                  cfg.max_seq_len - max_new_tokens))
         new_tokens = min(max_new_tokens, cfg.max_seq_len - width)
-        mesh = self.mesh if self.mesh is not None else jax.sharding.get_abstract_mesh()
-        batch = _round_up(len(prompts), sharding_lib.data_parallel_size(mesh))
+        batch = _round_up(len(prompts), self._data_parallel_size())
         tokens = np.zeros((batch, width), np.int32)
         mask = np.zeros((batch, width), np.int32)
         for i, p in enumerate(prompts):
@@ -273,10 +304,10 @@ def _until_eos(row: np.ndarray, eos_id: int | None) -> list[int]:
 
 
 def generate(params, config: model_lib.ModelConfig, prompts: Sequence[Sequence[int]], *,
-             max_new_tokens: int, mesh=None, rules=sharding_lib.DEFAULT_RULES,
+             max_new_tokens: int, placement: Placement | None = None,
              batch_size: int = 32, **kwargs) -> list[Completion]:
-    """One-call form of `Generator(config, mesh=...).generate(params, prompts, ...)`."""
-    return Generator(config, mesh=mesh, rules=rules, batch_size=batch_size).generate(
+    """One-call form of `Generator(config, placement=...).generate(params, prompts, ...)`."""
+    return Generator(config, placement=placement, batch_size=batch_size).generate(
         params, prompts, max_new_tokens=max_new_tokens, **kwargs)
 
 

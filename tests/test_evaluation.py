@@ -1,5 +1,6 @@
-"""The `eval` job and the in-training eval hooks (slm_jax/jobs/math_eval.py, built-in math
-prompts; slm_jax/jobs/harness_eval.py, lm-eval tasks), end to end on a tiny model."""
+"""The `eval` job (slm_jax/jobs/evaluation.py: built-in math prompts, or lm-eval tasks through
+slm_jax/evals/harness.py) on a checkpoint trained with the in-training eval hooks
+(slm_jax/evals/train_evals.py), end to end on a tiny model."""
 
 import json
 import os
@@ -61,7 +62,7 @@ def test_train_hook_then_eval_job_end_to_end(corpus, tmp_path):
         code = evaluate.main([
             "--ckpt_dir", str(run_dir / "checkpoints"), "--tokenizer", vocab,
             "--tasks", "tiny_mc,tiny_gen", "--include_path", tasks, "--out", str(harness_out),
-            "--num_problems", "2", "--gin.math_eval.include_defaults=False"])
+            "--num_problems", "2", "--gin.eval.include_defaults=False"])
         assert code == 0  # the ModelConfig came from the run's config.gin
     finally:
         gin.clear_config()
