@@ -2,7 +2,7 @@
 
     python benchmarks/tpu_estimate.py [--mfu 0.5] [--ici_efficiency 0.5]
 
-FLOPs come from the same count the bench uses (slm_jax.jobs.perf:
+FLOPs come from the same count the bench uses (slm_jax.trainer.flops:
 6N + attention for the student, 2N + attention for the online reference).
 Chip figures are Google's published v5p numbers; the MFU and the share of
 the ICI bandwidth a collective achieves are assumptions, printed with the
@@ -16,7 +16,7 @@ import argparse
 import gin
 
 from slm_jax import model as model_lib
-from slm_jax.jobs import perf
+from slm_jax.trainer import flops
 
 V5P_PEAK_BF16 = 459e12  # FLOP/s per chip
 V5P_ICI_BYTES = 4800e9 / 8  # 4,800 Gbps of inter-chip interconnect per chip
@@ -39,8 +39,8 @@ def model_config(gin_file: str) -> model_lib.ModelConfig:
 def estimate(config, chips: int, tokens: int, seq_len: int, steps: int, *, mfu: float,
              ici_efficiency: float, ref_replicated: bool) -> dict:
     n = model_lib.count_params(config)
-    student = perf.flops_per_token(config, seq_len)
-    reference = perf.forward_flops_per_token(config, seq_len)
+    student = flops.flops_per_token(config, seq_len)
+    reference = flops.forward_flops_per_token(config, seq_len)
     step_flops = (student + reference) * tokens
     compute_s = step_flops / (chips * V5P_PEAK_BF16 * mfu)
     # FSDP over all chips: gather bf16 params for the forward and again for the

@@ -33,8 +33,30 @@ RENAMED_BINDINGS = {
     **{f"{job}.reference_dtype": "ReferenceConfig.dtype" for job in ("train", "score", "bench")},
     **{f"{job}.reference_model": "ReferenceConfig.model" for job in ("train", "analyze")},
     "score.reference_model": "score.model (the student's ModelConfig) or ReferenceConfig.model",
+    **{f"{job}.loss_chunk_size": "ModelConfig.loss_chunk_size"
+       for job in ("train", "score", "bench", "analyze")},
+    **{f"{job}.ratio": "SelectionConfig.ratio" for job in ("demo", "experiment", "analyze", "bench")},
 }
 _NO_PARAMETER = re.compile(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'")
+# Configurables that were renamed: any binding of the old name fails with one line.
+RENAMED_CONFIGURABLES = {"math_eval": "eval"}
+# gin: "No configurable matching 'old'.\n  In <file or bindings> line N\n    old.param = ..."
+_NO_CONFIGURABLE = re.compile(r"No configurable matching '(\w+)'\.\n.*\n\s*\1\.(\w+)\s*=")
+
+
+def _renamed(message: str) -> str | None:
+    """The one line for a binding of a renamed parameter or configurable, or None."""
+    match = _NO_PARAMETER.search(message)
+    old = match and f"{match.group(1)}.{match.group(2)}"
+    if old in RENAMED_BINDINGS:
+        new = RENAMED_BINDINGS[old]
+    else:
+        match = _NO_CONFIGURABLE.search(message)
+        if not match or match.group(1) not in RENAMED_CONFIGURABLES:
+            return None
+        old = f"{match.group(1)}.{match.group(2)}"
+        new = f"{RENAMED_CONFIGURABLES[match.group(1)]}.{match.group(2)}"
+    return f"{old} was renamed: bind {new} instead (e.g. --gin.{new.split()[0]}=...)"
 
 
 class UsageError(ValueError):
@@ -91,11 +113,9 @@ def parse_config(files: list[str], bindings: list[str]):
     except tokenize.TokenError as e:  # gin's tokenizer: unbalanced brackets, open strings
         raise UsageError(_unreadable_gin(files, bindings, e)) from e
     except ValueError as e:
-        match = _NO_PARAMETER.search(str(e))
-        old = match and f"{match.group(1)}.{match.group(2)}"
-        if old in RENAMED_BINDINGS:
-            raise UsageError(f"{old} was renamed: bind {RENAMED_BINDINGS[old]} instead "
-                             f"(e.g. --gin.{RENAMED_BINDINGS[old].split()[0]}=...)") from e
+        renamed = _renamed(str(e))
+        if renamed:
+            raise UsageError(renamed) from e
         raise
     gin.finalize()
 

@@ -15,6 +15,7 @@ from slm_jax.parallel.runtime import Runtime
 from slm_jax.parallel.checkpoint import CheckpointConfig
 from slm_jax.data import pipeline, tasks
 from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.slm.selection import SelectionConfig
 from slm_jax.slm.selection import select_tokens
 from slm_jax.jobs.train import train
 from tests.tiny_corpus import tiny_corpus
@@ -92,7 +93,8 @@ def tiny_run(corpus):
 
 def test_analyze_writes_categories_and_the_page(tiny_run):
     run_dir, eval_data = tiny_run
-    summary = job.analyze(run_dir, eval_data=eval_data, model=TINY, num_batches=2, ratio=0.6,
+    summary = job.analyze(run_dir, eval_data=eval_data, model=TINY, num_batches=2,
+                          selection=SelectionConfig(ratio=0.6),
                           reference=ReferenceConfig(checkpoint=f"{run_dir}/checkpoints"),
                           num_documents=1000)
     assert summary["checkpoints"] == [1, 2, 3]
@@ -124,7 +126,7 @@ def test_analyze_writes_categories_and_the_page(tiny_run):
     runtime = Runtime.from_config()
     with runtime.activate():
         batches = job.first_batches(dataclasses.replace(eval_data, shuffle=False), runtime, 2)
-        loss_CKBT = job.checkpoint_losses(job.Scorer(TINY, runtime, 1024), run_dir, [1, 3],
+        loss_CKBT = job.checkpoint_losses(job.Scorer(TINY, runtime), run_dir, [1, 3],
                                           batches)
     weights_KBT = np.stack([np.asarray(b["loss_weights"]) for b in batches])
     loss_CN = loss_CKBT[:, weights_KBT > 0]

@@ -1,4 +1,4 @@
-"""Config checks shared by the jobs (slm_jax/jobs/checks.py), each naming the binding to change."""
+"""Config checks shared by the jobs (slm_jax/trainer/checks.py), each naming the binding to change."""
 
 import os
 import shutil
@@ -9,7 +9,7 @@ from tokenizers import Tokenizer
 from slm_jax import model as model_lib
 from slm_jax.data import tokenizer
 from slm_jax.data.pipeline import DataConfig
-from slm_jax.jobs import checks
+from slm_jax.trainer import checks
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.reference import ReferenceConfig
 

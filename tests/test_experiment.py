@@ -7,6 +7,7 @@ import types
 
 import jax
 import numpy as np
+import gin
 import pytest
 
 from slm_jax.jobs import experiment
@@ -99,14 +100,19 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
     monkeypatch.setattr(experiment, "problems_eval", lambda *a, **k: None)
     monkeypatch.setattr(experiment, "plot_curves", lambda *a, **k: None)
 
-    summary = experiment.experiment(
-            str(tmp_path), ratio=0.6,
+    gin.bind_parameter("SelectionConfig.ratio", 0.6)  # the one ratio binding
+    try:
+        summary = experiment.experiment(
+            str(tmp_path),
             selection_variants=[("student", "batch"), ("excess", "document"), ("excess", "batch")])
+    finally:
+        gin.clear_config()
     students = ["slm", "slm_student_batch", "slm_excess_document", "clm"]
     assert [n for n in trained if n not in ("base", "reference")] == students
     assert all(trained[n][1] is data and trained[n][2] == str(tmp_path / "scored")
                for n in students)
     assert trained["slm_student_batch"][0].score == "student"
+    assert all(trained[n][0].ratio == 0.6 for n in students[:-1]) and trained["clm"][0].ratio == 1
     assert trained["slm_excess_document"][0].scope == "document"
     variants = summary["variants"]
     assert list(variants) == ["slm_student_batch", "slm_excess_document", "slm"]

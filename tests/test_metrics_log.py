@@ -1,4 +1,4 @@
-"""Run metrics (slm_jax/jobs/metrics_log.py): metrics.jsonl, eval.jsonl, TensorBoard, console."""
+"""Run metrics (slm_jax/trainer/metrics_log.py): metrics.jsonl, eval.jsonl, TensorBoard, console."""
 
 import json
 
@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from slm_jax.jobs import perf
-from slm_jax.jobs.metrics_log import MetricsLogger, WandbConfig
+from slm_jax import hardware
+from slm_jax.trainer.metrics_log import MetricsLogger, WandbConfig
 
 
 def test_train_and_eval_lines_go_to_their_files_with_throughput(tmp_path, capsys):
@@ -22,7 +22,7 @@ def test_train_and_eval_lines_go_to_their_files_with_throughput(tmp_path, capsys
     assert train[0]["step"] == 2 and train[0]["loss"] == 2.5 and train[0]["tokens_per_s"] > 0
     assert "step_s" in train[0] and evals == [{"step": 2, "eval_loss": 1.25}]
     # Where the time went: MFU from the model FLOPs and the measured peak, data wait, memory.
-    want_mfu = 1e6 * train[0]["tokens_per_s"] / perf.device_peak()[0]
+    want_mfu = 1e6 * train[0]["tokens_per_s"] / hardware.device_peak()[0]
     assert abs(train[0]["mfu"] - want_mfu) <= 1e-9 * want_mfu
     assert train[0]["data_wait_share"] == 0.0 and train[0]["peak_mem_bytes"] > 0
     assert list((tmp_path / "tensorboard").iterdir())
@@ -70,7 +70,7 @@ def test_wandb_is_off_by_default_and_only_process_zero_logs(tmp_path, monkeypatc
 
 
 def test_time_in_evals_is_left_out_of_step_time_and_throughput(tmp_path, monkeypatch):
-    from slm_jax.jobs import metrics_log
+    from slm_jax.trainer import metrics_log
     clock = [100.0]
     monkeypatch.setattr(metrics_log, "time", type("Clock", (), {
         "perf_counter": staticmethod(lambda: clock[0])}))

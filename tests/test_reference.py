@@ -1,18 +1,15 @@
-"""The reference model's one home (slm_jax/slm/reference.py): its config and its loading."""
+"""The reference model's config (slm_jax/slm/reference.py); its loading is
+tests/test_reference_model.py."""
 
 import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from slm_jax import model as model_lib
-from slm_jax.parallel.checkpoint import Checkpointer
-from slm_jax.parallel.runtime import Runtime
-from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from slm_jax.slm import reference as reference_lib
-from slm_jax.slm.reference import ReferenceConfig, load_reference
+from slm_jax.slm.reference import ReferenceConfig
 
 TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=32, dtype="float32")
@@ -34,27 +31,6 @@ def test_bad_dtype_and_other_vocabulary_are_clear_errors():
     with pytest.raises(ValueError, match="reference vocab_size 128 != student vocab_size 64; "
                                          ".*same tokenizer"):
         ReferenceConfig(model=dataclasses.replace(TINY, vocab_size=128)).check_compatible(TINY)
-    with pytest.raises(ValueError, match="set ReferenceConfig.checkpoint"):
-        load_reference(ReferenceConfig(), TINY, Runtime.from_config())
-
-
-def test_load_restores_sharded_params_in_the_reference_dtype(tmp_path):
-    runtime = Runtime.from_config()
-    tx, _ = make_optimizer(OptimizerConfig(), 1)
-    state_sh = runtime.state_shardings(TINY, tx)
-    from slm_jax.parallel import partition
-    state = partition.init_state(TINY, tx, jax.random.key(3), state_sh)
-    checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
-    checkpointer.save(state, force=True)
-    checkpointer.close()
-    with runtime.activate():
-        ref = load_reference(ReferenceConfig(checkpoint=str(tmp_path / "checkpoints"),
-                                             dtype="bfloat16"), TINY, runtime)
-    assert ref.forward.dtype == "bfloat16"
-    for got, want, sh in zip(jax.tree.leaves(ref.params), jax.tree.leaves(state.params),
-                             jax.tree.leaves(runtime.param_shardings(TINY))):
-        assert got.dtype == jnp.bfloat16 and got.sharding == sh
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want.astype(jnp.bfloat16)))
 
 
 @pytest.mark.parametrize("backend, bf16_s, fp32_s, want", [

@@ -1,4 +1,4 @@
-"""run_record.json (slm_jax/jobs/run_record.py): git SHA, packages, devices and configs of every (re)start."""
+"""run_record.json (slm_jax/trainer/run_record.py): git SHA, packages, devices and configs of every (re)start."""
 
 import json
 

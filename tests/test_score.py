@@ -62,7 +62,7 @@ def test_scored_rows_are_the_pipeline_batches_with_the_reference_loss(setup):
     params = restore_params(ref_ckpt, model_lib.abstract_params(TINY),
                             sharding.param_shardings(TINY, mesh), binding="ref")
     from slm_jax.slm.train_step import make_score_step
-    want = jax.jit(make_score_step(TINY, 1024))(params, first)
+    want = jax.jit(make_score_step(TINY))(params, first)
     np.testing.assert_allclose(rows["ref_loss"], np.asarray(want), rtol=1e-5, atol=1e-6)
 
 

@@ -1,5 +1,6 @@
 """The step benchmark (slm_jax/jobs/step_benchmark.py), the FLOP count, and the scripts built on it."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -8,6 +9,8 @@ import sys
 from slm_jax import model as model_lib
 from slm_jax.jobs import step_benchmark
 from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.slm.selection import SelectionConfig
+from slm_jax.trainer import flops
 
 TINY = model_lib.ModelConfig(vocab_size=256, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
                              mlp_dim=64, max_seq_len=64, dtype="float32")
@@ -21,7 +24,7 @@ def json_lines(stdout: str) -> list[dict]:
 def test_bench_json_lines(capsys):
     results = step_benchmark.bench(TINY, batch_size=8, seq_len=32, warmup_steps=1,
                                    timed_steps=2, reference=ReferenceConfig(dtype="float32"),
-                                   select_tokens_count=4096)
+                                   selection=SelectionConfig(ratio=0.6), select_tokens_count=4096)
     lines = json_lines(capsys.readouterr().out)
     assert results == lines
     select_lines = [ln for ln in lines if ln["mode"] == "select"]
@@ -40,6 +43,21 @@ def test_bench_json_lines(capsys):
     clm, online, _ = lines
     # The online reference forward adds 2N FLOPs per token: 1/3 of the 6N step.
     assert abs(online["model_flops_per_token"] / clm["model_flops_per_token"] - 4 / 3) < 1e-9
+
+
+def test_bench_runs_a_reference_of_another_size_and_counts_its_own_flops(capsys):
+    """ReferenceConfig.model (a reference smaller or larger than the student) is the model
+    the SLM-online step runs: its own params and shardings, its own forward FLOPs."""
+    bigger = dataclasses.replace(TINY, d_model=64, n_layers=3, mlp_dim=128)
+    clm, online = step_benchmark.bench(
+        TINY, batch_size=8, seq_len=32, warmup_steps=1, timed_steps=1,
+        modes=("clm", "slm_online"), select_tokens_count=0,
+        reference=ReferenceConfig(dtype="float32", model=bigger),
+        selection=SelectionConfig(ratio=0.6))
+    assert clm["model_flops_per_token"] == flops.flops_per_token(TINY, 32)
+    assert online["model_flops_per_token"] == (flops.flops_per_token(TINY, 32)
+                                               + flops.forward_flops_per_token(bigger, 32))
+    assert online["model_flops_per_token"] > 4 / 3 * clm["model_flops_per_token"]
 
 
 def test_torch_comparison_step_runs_both_modes_and_reference_dtypes():

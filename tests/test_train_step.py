@@ -1,5 +1,6 @@
 """The jitted SLM step: CLM equivalence, sharding invariance, accumulation, overfit, resume."""
 
+import dataclasses
 import functools
 
 import jax
@@ -14,7 +15,7 @@ from slm_jax.slm.train_step import init_train_state, make_loss_fn, make_train_st
 from tests.test_selection import numpy_select, numpy_select_documents
 
 TINY = model_lib.ModelConfig(vocab_size=128, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                             mlp_dim=64, max_seq_len=64, dtype="float32")
+                             mlp_dim=64, max_seq_len=64, dtype="float32", loss_chunk_size=8)
 BATCH, LENGTH = 8, 16
 
 
@@ -48,8 +49,8 @@ def run_steps(selection, mesh_config=sharding.MeshConfig(), *, devices=None, ste
         if selection.mode == "slm":
             ref_params = jax.device_put(model_lib.init_params(config, jax.random.key(7)), ref_sh)
         step = partition.jit_train_step(
-            make_train_step(config, selection, tx, schedule, grad_accum=grad_accum,
-                            loss_chunk_size=8), state_sh, ref_sh, mesh)
+            make_train_step(dataclasses.replace(config, loss_chunk_size=8), selection, tx,
+                            schedule, grad_accum=grad_accum), state_sh, ref_sh, mesh)
         metrics = []
         for i in range(steps):
             batch = batches[i % len(batches)] if batches else make_batch(i)
@@ -148,7 +149,7 @@ def test_step_selects_by_score_and_scope_as_numpy(mode, score, scope, grad_accum
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0), 100)
     state = init_train_state(TINY, tx, jax.random.key(0))
     ref_params = model_lib.init_params(TINY, jax.random.key(7))
-    loss_fn = jax.jit(make_loss_fn(TINY, 8))
+    loss_fn = jax.jit(make_loss_fn(TINY))
     loss_BT = np.asarray(loss_fn(state.params, batch))
     if mode == "slm":
         ref_BT = np.asarray(loss_fn(ref_params, batch))
@@ -162,8 +163,7 @@ def test_step_selects_by_score_and_scope_as_numpy(mode, score, scope, grad_accum
         rows = {k: v[a::grad_accum] for k, v in batch.items()}
         mask_BT[a::grad_accum] = numpy_mask(score_BT[a::grad_accum], rows, 0.4, scope)
 
-    step = jax.jit(make_train_step(TINY, selection, tx, schedule, grad_accum=grad_accum,
-                                   loss_chunk_size=8))
+    step = jax.jit(make_train_step(TINY, selection, tx, schedule, grad_accum=grad_accum))
     _, m = jax.device_get(step(state, ref_params if mode == "slm" else None, batch))
     weights_BT = batch["loss_weights"]
     assert m["selected_frac"] == pytest.approx(mask_BT.sum() / weights_BT.sum(), rel=1e-6)

@@ -26,12 +26,13 @@ from jax.experimental import multihost_utils
 from slm_jax import model as model_lib
 from slm_jax.analysis import excess_html, token_categories
 from slm_jax.data import iterator, pipeline, tokenizer
-from slm_jax.jobs import checks
+from slm_jax.trainer import checks
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.reference import ReferenceConfig
-from slm_jax.slm.selection import select_tokens, validate_ratio
-from slm_jax.slm.train_step import make_loss_fn
+from slm_jax.slm.selection import SelectionConfig, select_tokens
+from slm_jax.slm.train_step import make_score_step
+from slm_jax.trainer.reference_model import load_reference
 
 MEANINGS = {
     "H→H": "hard and stays hard (flat, final loss above the mean)",
@@ -66,11 +67,12 @@ def _on_host(x) -> np.ndarray:
 
 
 class Scorer:
-    """Per-token loss [B, T] of one model config, jitted once, replicated on every host."""
+    """Per-token loss [B, T] of the run's checkpoints in fp32 (the page's numbers are the
+    stored params' own), jitted once, replicated on every host."""
 
-    def __init__(self, model, runtime: Runtime, loss_chunk_size: int):
-        self.model, self.runtime = model, runtime
-        self._loss_fn = runtime.jit_eval(make_loss_fn(model, loss_chunk_size), model)
+    def __init__(self, model, runtime: Runtime):
+        self.model, self.runtime = model_lib.computing_in(model, "float32", "dtype"), runtime
+        self._loss_fn = runtime.jit_eval(make_score_step(self.model), self.model)
 
     def restore(self, path: str, binding: str):
         return self.runtime.restore_params(path, self.model, binding=binding)
@@ -128,13 +130,12 @@ def analyze(run_dir: str = gin.REQUIRED, *,
             reference: ReferenceConfig | None = None,
             steps: list[int] | None = None,
             num_batches: int = 4,
-            ratio: float = 0.6,
+            selection: SelectionConfig | None = None,
             out_dir: str | None = None,
             model: model_lib.ModelConfig | None = None,
             mesh: sharding.MeshConfig | None = None,
             num_documents: int = 4,
-            slope_threshold: float = token_categories.SLOPE_THRESHOLD,
-            loss_chunk_size: int = 1024) -> dict:
+            slope_threshold: float = token_categories.SLOPE_THRESHOLD) -> dict:
     """Token categories over a run's checkpoints and, with a reference, the excess-loss page.
 
     Args:
@@ -144,10 +145,12 @@ def analyze(run_dir: str = gin.REQUIRED, *,
         DataConfig itself). Read in file order (shuffle off), so the page
         shows the first documents of its first file.
       reference: `ReferenceConfig`; with its checkpoint set, the HTML page is written
-        (its dtype is not used: the page shows fp32 losses of the stored params).
+        (its dtype is not used: the page shows fp32 losses of the stored params, both
+        models').
       steps: checkpoint steps to use (default: all saved), at least two.
       num_batches: held-out batches scored at every checkpoint.
-      ratio: share of the shown batch's tokens marked as selected.
+      selection: its `ratio` is the share of the shown batch's tokens marked as selected
+        (`SelectionConfig.ratio`).
       out_dir: default `<run_dir>/analysis`.
       num_documents: documents of the first batch shown on the page.
       slope_threshold: |slope| (loss per checkpoint index) that counts as a trend.
@@ -157,7 +160,7 @@ def analyze(run_dir: str = gin.REQUIRED, *,
     selected_in_batch, shown_tokens, shown_selected), plus "out_dir" and
     "html" (the page's path, or None).
     """
-    validate_ratio(ratio, "analyze.ratio")
+    ratio = (selection or SelectionConfig()).ratio
     if num_batches < 1:
         raise ValueError(f"analyze.num_batches={num_batches} must be at least 1.")
     steps = _resolve_steps(run_dir, steps)
@@ -174,18 +177,15 @@ def analyze(run_dir: str = gin.REQUIRED, *,
 
     with runtime.activate():
         batches = first_batches(data, runtime, num_batches)
-        scorer = Scorer(model, runtime, loss_chunk_size)
+        scorer = Scorer(model, runtime)
         print(f"[analyze] scoring {len(batches)} batches at checkpoints {steps}")
         loss_CKBT = checkpoint_losses(scorer, run_dir, steps, batches)
         shown = {k: _on_host(batches[0][k]) for k in ("targets", "segment_ids", "loss_weights")}
         weights_KBT = np.stack([_on_host(b["loss_weights"]) for b in batches])
         reference_loss_BT = None
         if reference.checkpoint:
-            ref_scorer = scorer if reference_model == model else Scorer(
-                reference_model, runtime, loss_chunk_size)
-            ref_params = ref_scorer.restore(reference.checkpoint,
-                                            binding="ReferenceConfig.checkpoint")
-            reference_loss_BT = ref_scorer.losses(ref_params, batches[:1])[0]
+            ref = load_reference(reference, model, runtime, dtype="float32")
+            reference_loss_BT = np.asarray(ref.per_token_losses(runtime)(batches[0]))
     loss_CN = loss_CKBT[:, weights_KBT > 0]
     categories = token_categories.classify_tokens(loss_CN, slope_threshold)
     report = {"counts": categories.counts, "shares": categories.shares, "checkpoints": steps,

@@ -57,25 +57,26 @@ def data_over(vocab_path: str):
 
 @gin.configurable
 def demo(work_dir: str = "runs/demo", *, reference_steps: int = 150, student_steps: int = 200,
-         ratio: float = 0.6, vocab_size: int = 2048, corpus_seed: int = 0) -> dict:
+         vocab_size: int = 2048, corpus_seed: int = 0) -> dict:
     """Runs reference, SLM and CLM and prints their held-out clean loss.
 
     Model, optimizer, batch and sequence length come from the usual gin
-    configurables (ModelConfig, OptimizerConfig, DataConfig, train.*).
+    configurables (ModelConfig, OptimizerConfig, DataConfig, train.*); the SLM student
+    keeps `SelectionConfig.ratio` of the tokens (gin/demo.gin: 0.6).
     Returns {"reference": loss, "clm": loss, "slm": loss, "tokens": n}.
     """
-    SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
+    ratio = SelectionConfig().ratio  # the one binding; a bad ratio fails before any work
     corpus, data_on = prepare_demo_data(work_dir, vocab_size=vocab_size, seed=corpus_seed)
     eval_data = data_on(corpus.eval_tfrecord, shuffle=False)
     runs = {
         "reference": dict(data=data_on(corpus.clean_tfrecord), num_steps=reference_steps,
-                          selection=SelectionConfig(mode="clm")),
+                          selection=SelectionConfig(mode="clm", ratio=1.0)),
         "slm": dict(data=data_on(corpus.web_tfrecord), num_steps=student_steps,
                     selection=SelectionConfig(mode="slm", ratio=ratio),
                     reference=ReferenceConfig(
                         checkpoint=os.path.join(work_dir, "reference", "checkpoints"))),
         "clm": dict(data=data_on(corpus.web_tfrecord), num_steps=student_steps,
-                    selection=SelectionConfig(mode="clm")),
+                    selection=SelectionConfig(mode="clm", ratio=1.0)),
     }
     results = {}
     for name, kwargs in runs.items():

@@ -182,7 +182,6 @@ def experiment(work_dir: str = "runs/experiment", *,
                base_steps: int = 60,
                reference_steps: int = 150,
                student_steps: int = 240,
-               ratio: float = 0.6,
                eval_every: int = 40,
                eval_base: bool = False,
                eval_problems: int = 64,
@@ -204,7 +203,8 @@ def experiment(work_dir: str = "runs/experiment", *,
 
     eval_base: the students' curves also start with an eval of the base model (step 0).
     selection_variants: (score, scope) pairs (`SelectionConfig.score`/`.scope`),
-        each trained as one more SLM student at `ratio` on the same scored tokens,
+        each trained as one more SLM student at `SelectionConfig.ratio` (the share of
+        tokens every SLM student keeps; gin/runs/*_experiment.gin: 0.6) on the same scored tokens,
         e.g. [('student', 'batch'), ('reference', 'batch'), ('excess', 'document')].
     corpus: the generated corpus when no files are given: 'embedded' (the demo's) or
         'forum' (a second one, for checking a recipe tuned on the first).
@@ -218,7 +218,7 @@ def experiment(work_dir: str = "runs/experiment", *,
     evals, accuracy_metric: eval hooks instead (e.g. [@HarnessEval()]) and the metric of
         theirs the curve plots (e.g. 'gsm8k_cot_exact_match_flexible-extract').
     """
-    SelectionConfig(mode="slm", ratio=ratio)  # fail on a bad ratio before any work
+    ratio = SelectionConfig().ratio  # the one binding; a bad ratio fails before any work
     variants = variant_selections(selection_variants, ratio)
     if any((web_files, clean_files, heldout_files)):
         data_on = own_data(vocab_path, web_files=web_files, clean_files=clean_files,
@@ -240,11 +240,11 @@ def experiment(work_dir: str = "runs/experiment", *,
 
     if not base_checkpoint and _preempted("base", train_lib.train(
             run_dir=path("base"), data=web, num_steps=base_steps,
-            selection=SelectionConfig(mode="clm"))):
+            selection=SelectionConfig(mode="clm", ratio=1.0))):
         return {"preempted": True}
     base = base_checkpoint or path("base", "checkpoints")
     reference = train_lib.train(run_dir=path("reference"), data=clean, num_steps=reference_steps,
-                                selection=SelectionConfig(mode="clm"), eval_data=eval_data,
+                                selection=SelectionConfig(mode="clm", ratio=1.0), eval_data=eval_data,
                                 init_checkpoint=base)
     if _preempted("reference", reference):
         return {"preempted": True}
@@ -257,7 +257,7 @@ def experiment(work_dir: str = "runs/experiment", *,
                                            max_new_tokens=max_new_tokens)]
                             if problems else [])
     students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio), **variants,
-                "clm": SelectionConfig(mode="clm")}
+                "clm": SelectionConfig(mode="clm", ratio=1.0)}
     for name, selection in students.items():
         if _preempted(name, train_lib.train(
                 run_dir=path(name), data=student_web, num_steps=student_steps,

@@ -7,7 +7,7 @@ import gin
 from slm_jax.data import pipeline  # noqa: F401  (DataConfig)
 from slm_jax.evals import train_evals  # noqa: F401  (FewShotEvalConfig, HarnessEval)
 from slm_jax.jobs import analyze, demo, evaluation, experiment, score, step_benchmark, train
-from slm_jax.jobs import train_hooks  # noqa: F401  (HeldOutLossEval)
+from slm_jax.trainer import hooks  # noqa: F401  (HeldOutLossEval)
 from slm_jax.model import config  # noqa: F401  (ModelConfig)
 from slm_jax.parallel import checkpoint, distributed, sharding  # noqa: F401  (their configs)
 from slm_jax.slm import optim, reference, selection  # noqa: F401  (their configs)

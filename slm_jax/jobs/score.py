@@ -28,11 +28,11 @@ import jax.numpy as jnp
 from slm_jax import model as model_lib
 from slm_jax.data import iterator, pipeline
 from slm_jax.data.scored import ScoredWriter
-from slm_jax.jobs import checks
+from slm_jax.trainer import checks
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
-from slm_jax.slm.reference import ReferenceConfig, load_reference
-from slm_jax.slm.train_step import make_score_step
+from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.trainer.reference_model import load_reference
 
 
 @gin.configurable
@@ -43,8 +43,7 @@ def score(out_dir: str = gin.REQUIRED, *,
           mesh: sharding.MeshConfig | None = None,
           num_batches: int | None = None,
           batches_per_shard: int = 64,
-          loss_dtype: str = "float32",
-          loss_chunk_size: int = 1024) -> dict:
+          loss_dtype: str = "float32") -> dict:
     """Scores `num_batches` global batches (default: one pass over the data).
 
     Args:
@@ -67,14 +66,12 @@ def score(out_dir: str = gin.REQUIRED, *,
                           loss_dtype=jnp.dtype(loss_dtype))
     with runtime.activate():
         ref = load_reference(reference, student, runtime)
-        score_fn = runtime.jit_eval(make_score_step(ref.forward, loss_chunk_size),
-                                    reference.model_config(student),
-                                    out_sharding=runtime.batch_sharding())
+        reference_losses = ref.per_token_losses(runtime, out_sharding=runtime.batch_sharding())
         batches = iterator.global_batches(data, runtime.mesh, runtime.batch_sharding(),
                                           repeat=num_batches is not None)
         start = time.perf_counter()
         for batch in itertools.islice(batches, num_batches):
-            writer.add(batch, score_fn(ref.params, batch))
+            writer.add(batch, reference_losses(batch))
         elapsed = time.perf_counter() - start
     if writer.num_batches == 0:
         raise ValueError(f"DataConfig.file_pattern={data.file_pattern!r} gave no batches to score.")

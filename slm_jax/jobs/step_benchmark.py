@@ -27,14 +27,15 @@ import numpy as np
 
 from slm_jax import model as model_lib
 from slm_jax.data import BATCH_KEYS
-from slm_jax.jobs.perf import (device_peak, flops_per_token, forward_flops_per_token,
-                               peak_memory_bytes)
+from slm_jax.hardware import device_peak, peak_memory_bytes
+from slm_jax.trainer.flops import slm_step_flops_per_token
 from slm_jax.parallel import partition, sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import METHODS, SelectionConfig, select_tokens
 from slm_jax.slm.train_step import make_train_step
+from slm_jax.trainer.reference_model import load_reference
 
 def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
     """Packed rows of 4 documents each, all positions weighted."""
@@ -64,14 +65,9 @@ def time_fn(fn, n_warmup: int, n_steps: int) -> list[float]:
 MODES = {"clm": "clm", "slm_online": "slm", "slm_offline": "slm_offline"}
 
 
-def _build_steps(model, reference_forward, modes, ratio, tx, schedule, runtime, host_batch,
-                 grad_accum, loss_chunk_size, state_sh):
+def _build_steps(model, ref, modes, ratio, tx, schedule, runtime, host_batch, grad_accum,
+                 state_sh):
     """{mode: (jitted step, reference params or None, device batch, SelectionConfig)}."""
-    param_sh = runtime.param_shardings(model)
-    # A random reference in its forward dtype: the bench times, it does not learn.
-    ref_params = runtime.cast(jax.jit(lambda r: model_lib.init_params(model, r),
-                                      out_shardings=param_sh)(jax.random.key(1)),
-                              reference_forward.dtype, param_sh)
     steps = {}
     for mode in modes:
         selection = SelectionConfig(mode=MODES[mode], ratio=1.0 if mode == "clm" else ratio)
@@ -81,10 +77,9 @@ def _build_steps(model, reference_forward, modes, ratio, tx, schedule, runtime, 
         online = mode == "slm_online"
         step = partition.jit_train_step(
             make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
-                            loss_chunk_size=loss_chunk_size,
-                            reference_model_config=reference_forward),
-            state_sh, param_sh if online else None, runtime.mesh, batch_keys=keys)
-        steps[mode] = (step, ref_params if online else None, batch, selection)
+                            reference_model_config=ref.forward),
+            state_sh, ref.shardings if online else None, runtime.mesh, batch_keys=keys)
+        steps[mode] = (step, ref.params if online else None, batch, selection)
     return steps
 
 
@@ -127,17 +122,22 @@ def _selection_seconds(runtime, batch, selection, ratio, warmup_steps, timed_ste
 
 @gin.configurable
 def bench(model: model_lib.ModelConfig | None = None, *,
-          batch_size: int = 8, seq_len: int = 512, ratio: float = 0.6,
+          batch_size: int = 8, seq_len: int = 512,
           modes=("clm", "slm_online", "slm_offline"), warmup_steps: int = 2,
-          timed_steps: int = 10, grad_accum: int = 1, loss_chunk_size: int = 1024,
+          timed_steps: int = 10, grad_accum: int = 1,
+          selection: SelectionConfig | None = None,
           reference: ReferenceConfig | None = None, mesh: sharding.MeshConfig | None = None,
           select_tokens_count: int = 1 << 20, select_methods=METHODS,
           profile_dir: str | None = None) -> list[dict]:
     """Times CLM, SLM-online (reference forward in `ReferenceConfig.dtype`) and SLM-offline
     steps and prints one JSON line per mode, then one per selection method. With
-    `profile_dir`, the timed steps are traced there (benchmarks/profile_summary.py)."""
+    `profile_dir`, the timed steps are traced there (benchmarks/profile_summary.py).
+
+    The SLM modes keep `SelectionConfig.ratio` of the tokens; the reference is
+    `ReferenceConfig.model` (or the student's config) in `ReferenceConfig.dtype`, with
+    random params."""
     model = model or model_lib.ModelConfig()
-    reference_forward = (reference or ReferenceConfig()).forward_config(model)
+    ratio = (selection or SelectionConfig()).ratio
     runtime = Runtime.from_config(mesh)
     tx, schedule = make_optimizer(OptimizerConfig(), 1000)
     state_sh = runtime.state_shardings(model, tx)
@@ -145,17 +145,19 @@ def bench(model: model_lib.ModelConfig | None = None, *,
     tokens = batch_size * seq_len
     results = []
     with runtime.activate():
-        steps = _build_steps(model, reference_forward, modes, ratio, tx, schedule, runtime,
+        # A random reference: the bench times, it does not learn.
+        ref = load_reference(reference or ReferenceConfig(), model, runtime, init_seed=1)
+        steps = _build_steps(model, ref, modes, ratio, tx, schedule, runtime,
                              synthetic_batch(batch_size, seq_len, model.vocab_size), grad_accum,
-                             loss_chunk_size, state_sh)
+                             state_sh)
         step_times, peak_mem = _interleaved_step_times(
             steps, partition.init_state(model, tx, jax.random.key(0), state_sh), modes,
             warmup_steps, timed_steps, profile_dir)
         for mode in modes:
             step_s = statistics.median(step_times[mode])
             _, _, batch, selection = steps[mode]
-            flops = flops_per_token(model, seq_len) + (
-                forward_flops_per_token(model, seq_len) if mode == "slm_online" else 0.0)
+            flops = slm_step_flops_per_token(
+                model, ref.forward if mode == "slm_online" else None, seq_len)
             select_s = 0.0 if mode == "clm" else _selection_seconds(
                 runtime, batch, selection, ratio, warmup_steps, timed_steps)
             results.append({
@@ -165,7 +167,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                 "peak_source": peak_source, "peak_mem_bytes": peak_mem[mode],
                 "select_share": select_s / step_s, "batch_tokens": tokens,
                 "step_times_s": [round(t, 4) for t in step_times[mode]],
-                "reference_dtype": reference_forward.dtype,
+                "reference_dtype": ref.forward.dtype,
                 "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
             })
     clm = next((r for r in results if r["mode"] == "clm"), None)

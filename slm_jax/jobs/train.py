@@ -3,7 +3,8 @@
 Step 1 of SLM (the reference model) is this job in "clm" mode on the high-quality data;
 step 3 (the student) is this job in "slm" mode with `ReferenceConfig.checkpoint` pointing
 at step 1's checkpoints (or "slm_offline" with `train.scored_data` from step 2).
-Evaluation, the non-finite guard and preemption are the small pieces in train_hooks.py.
+The loop and its hooks (logging, evals, checkpoints, profiler, finite guard, preemption)
+are slm_jax/trainer/; this module wires them to the gin configs.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ import jax
 from slm_jax import console
 from slm_jax import model as model_lib
 from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
-from slm_jax.jobs import checks, perf, train_hooks
-from slm_jax.jobs.metrics_log import MetricsLogger
-from slm_jax.jobs.run_record import write_run_record
 from slm_jax.parallel import checkpoint as ckpt_lib
-from slm_jax.parallel import partition, sharding
+from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
-from slm_jax.slm.reference import ReferenceConfig, load_reference
+from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
-from slm_jax.slm.train_step import make_train_step
+from slm_jax.trainer import checks, flops, programs
+from slm_jax.trainer import hooks as train_hooks
+from slm_jax.trainer.metrics_log import MetricsLogger
+from slm_jax.trainer.reference_model import load_reference
+from slm_jax.trainer.run_record import write_run_record
+from slm_jax.trainer.trainer import Trainer
 
 NonFiniteError = train_hooks.NonFiniteError
 
@@ -52,7 +55,7 @@ def _check_config(model, data, selection, reference, scored_data, grad_accum, on
     if selection.mode == "slm_offline" and not scored_data:
         raise ValueError("SelectionConfig.mode='slm_offline' needs stored reference losses: set "
                          "--gin.train.scored_data to the out_dir of a `score` job.")
-    if on_nonfinite not in ("stop", "skip"):
+    if on_nonfinite not in train_hooks.ON_NONFINITE:
         raise ValueError(f"train.on_nonfinite={on_nonfinite!r} must be 'stop' or 'skip'; set "
                          "--gin.train.on_nonfinite.")
     checks.check_context(data, model)
@@ -71,35 +74,12 @@ def _prepare_run_dir(run_dir: str) -> None:
                          "--gin.train.run_dir.")
 
 
-def _initial_state(checkpointer, runtime, model, tx, state_sh, seed, init_checkpoint):
-    """(state, saved data state): resume from run_dir, else start from `init_checkpoint`'s
-    params or a fresh init."""
-    if checkpointer.latest_step() is not None:
-        state = checkpointer.restore_latest_readable(partition.abstract_train_state(model, tx),
-                                                     state_sh)
-        step = int(jax.device_get(state.step))
-        logging.info("resumed from step %d", step)
-        return state, checkpointer.restore_data_state(step)
-    state = partition.init_state(model, tx, jax.random.key(seed), state_sh)
-    if init_checkpoint:
-        params = runtime.restore_params(init_checkpoint, model, binding="train.init_checkpoint")
-        state = state.replace(params=params, opt_state=jax.jit(
-            tx.init, out_shardings=state_sh.opt_state)(params))
-    return state, None
-
-
 def _batches(data, scored_data, runtime, start, data_state, where):
     if scored_data:  # seekable by step: nothing to restore
         return scored.scored_batches(scored_data, data, runtime.mesh, runtime.batch_sharding(),
                                      start_step=start)
     return iterator.make_train_iterator(data, runtime.mesh, runtime.batch_sharding(),
                                         start_step=start, saved_state=data_state, where=where)
-
-
-def _flops_per_token(model, ref, seq_len) -> float:
-    """Model FLOPs of one trained token: the student's step plus the reference's forward."""
-    return perf.flops_per_token(model, seq_len) + (
-        perf.forward_flops_per_token(ref.forward, seq_len) if ref else 0.0)
 
 
 def _configs_as_dicts(**configs) -> dict:
@@ -110,6 +90,47 @@ def _eval_hooks(eval_data, eval_batches, few_shot_eval, evals) -> list:
     """The shorthand bindings (eval_data, few_shot_eval) and the general list, as one list."""
     hooks = [train_hooks.HeldOutLossEval(eval_data, eval_batches)] if eval_data else []
     return hooks + ([few_shot_eval] if few_shot_eval else []) + list(evals)
+
+
+
+def _check_inputs(run_dir, model, data, selection, reference, scored_data, eval_data,
+                  grad_accum, on_nonfinite, runtime, **counts) -> None:
+    """Everything refused before any work; bad data paths or tokenizers fail here, before
+    anything in run_dir is touched."""
+    _check_counts(grad_accum=grad_accum, **counts)
+    _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
+                  runtime)
+    for config in ([] if scored_data else [data]) + ([eval_data] if eval_data else []):
+        pipeline.register_task(config)
+    _prepare_run_dir(run_dir)
+
+
+def _add_hooks(trainer, logger, evaluator, batches, checkpointer, *, log_every, on_nonfinite,
+               profile, run_dir, seekable: bool) -> tuple[dict, list]:
+    """Registers the run's hooks, in the order they run after a step; returns the summary
+    they fill and the closers to call when the run ends."""
+    summary = {}
+    guard = train_hooks.FiniteGuard(on_nonfinite)
+    preemption = train_hooks.PreemptionWatcher()  # SIGTERM/SIGINT: checkpoint, exit 0
+    profiler = train_hooks.Profiler(os.path.join(run_dir, "profile"), profile)
+    trainer.add_before_step(profiler.before_step)
+    trainer.add_hook(lambda info: profiler.after_step(info.step, info.metrics))
+    trainer.add_hook(guard)
+    trainer.add_hook(lambda info: logger.step_done(info.step))
+    trainer.add_hook(lambda info: summary.update(
+        logger.log(info.step, batches.add_to(info.metrics))), every=log_every, at_last=True)
+    if evaluator:
+        trainer.add_hook(lambda info: info.last or logger.log_eval(info.step, evaluator,
+                                                                   info.state.params),
+                         every=evaluator.every)
+        trainer.add_final_hook(lambda state: summary.update(
+            logger.log_eval(trainer.num_steps, evaluator, state.params)))
+    trainer.add_hook(train_hooks.CheckpointHook(
+        checkpointer, preemption, guard, (lambda: None) if seekable else batches.state))
+    trainer.add_hook(lambda info: info.stopping and (logger.preempted(info.step),
+                                                     summary.update(preempted=True)))
+    # A Ctrl-C in the closers must not kill the last save half-written: wait first.
+    return summary, [profiler.close, checkpointer.wait, preemption.close, logger.close]
 
 
 @gin.configurable(denylist=["progress"])
@@ -125,7 +146,6 @@ def train(run_dir: str = gin.REQUIRED, *,
           scored_data: str | None = None,
           init_checkpoint: str | None = None,
           grad_accum: int = 1,
-          loss_chunk_size: int = 1024,
           log_every: int = 10,
           eval_data: pipeline.DataConfig | None = None,
           eval_every: int = 0,
@@ -149,9 +169,9 @@ def train(run_dir: str = gin.REQUIRED, *,
         model) instead of a random init with `seed`.
       grad_accum: micro-batches per step; selection ranks within each one.
       eval_data, eval_batches: held-out loss over `eval_batches` batches of `eval_data`.
-      few_shot_eval: a `FewShotEvalConfig` (slm_jax/jobs/math_eval.py): few-shot accuracy.
-      evals: more eval hooks (train_hooks.py); all of them run every `eval_every` steps
-        and at the end, logged with an `eval_` prefix.
+      few_shot_eval: a `FewShotEvalConfig` (slm_jax/evals/): few-shot accuracy.
+      evals: more eval hooks (slm_jax/trainer/hooks.py, slm_jax/evals/); all of them run
+        every `eval_every` steps and at the end, logged with an `eval_` prefix.
       eval_first: a fresh run also evaluates its initial params (logged as step 0): where
         a curve of a run from a pretrained checkpoint starts.
       on_nonfinite: a NaN/Inf loss or gradient is never applied; "stop" ends the
@@ -167,35 +187,28 @@ def train(run_dir: str = gin.REQUIRED, *,
     selection, optimizer = selection or SelectionConfig(), optimizer or OptimizerConfig()
     reference, mesh = reference or ReferenceConfig(), mesh or sharding.MeshConfig()
     runtime = Runtime.from_config(mesh)
-    _check_counts(num_steps=num_steps, log_every=log_every, eval_every=eval_every,
-                  eval_batches=eval_batches, grad_accum=grad_accum)
-    _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
-                  runtime)
-    # Bad data paths or tokenizers fail here, before anything in run_dir is touched.
-    for config in ([] if scored_data else [data]) + ([eval_data] if eval_data else []):
-        pipeline.register_task(config)
-    _prepare_run_dir(run_dir)
+    _check_inputs(run_dir, model, data, selection, reference, scored_data, eval_data,
+                  grad_accum, on_nonfinite, runtime, num_steps=num_steps, log_every=log_every,
+                  eval_every=eval_every, eval_batches=eval_batches)
     tx, schedule = make_optimizer(optimizer, num_steps)
-    state_sh = runtime.state_shardings(model, tx)
     with console.log_file(os.path.join(run_dir, "log.txt"), start=False) as log, \
             runtime.activate(), \
             ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
                                   checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:
-        state, data_state = _initial_state(checkpointer, runtime, model, tx, state_sh, seed,
-                                           init_checkpoint)
         ref = load_reference(reference, model, runtime) if selection.mode == "slm" else None
-        step_fn = partition.jit_train_step(
-            make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
-                            loss_chunk_size=loss_chunk_size,
-                            reference_model_config=ref and ref.forward),
-            state_sh, ref and ref.shardings, runtime.mesh,
-            batch_keys=scored.SCORED_KEYS if scored_data else BATCH_KEYS)
-        evaluator = train_hooks.Evaluator(
-            _eval_hooks(eval_data, eval_batches, few_shot_eval, evals),
-            train_hooks.EvalContext(model, data, runtime, loss_chunk_size), eval_every)
+        step = programs.train_program(runtime, model, selection, tx, schedule,
+                                      batch_size=data.global_batch_size, seq_len=data.seq_len,
+                                      grad_accum=grad_accum, reference=ref and ref.forward)
+        trainer = Trainer(step.fn, num_steps, checkpointer=checkpointer, runtime=runtime,
+                          model=model, tx=tx, state_shardings=step.in_shardings(0))
+        state, data_state = trainer.initial_state(seed, init_checkpoint,
+                                                  init_binding="train.init_checkpoint")
         start = int(jax.device_get(state.step))
         batches = train_hooks.DataStats(_batches(data, scored_data, runtime, start, data_state,
                                                  where=checkpointer.step_dir(start)))
+        evaluator = train_hooks.Evaluator(
+            _eval_hooks(eval_data, eval_batches, few_shot_eval, evals),
+            train_hooks.EvalContext(model, data, runtime), eval_every)
         # Written once every checkpoint, reference and data input has loaded, so
         # a run that fails on bad input leaves run_dir as it was.
         log.start()
@@ -207,47 +220,19 @@ def train(run_dir: str = gin.REQUIRED, *,
         logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
                                tokens_per_step=data.global_batch_size * data.seq_len,
                                name=os.path.basename(os.path.normpath(run_dir)), progress=progress,
-                               flops_per_token=_flops_per_token(model, ref, data.seq_len))
-        preemption = train_hooks.PreemptionWatcher()  # SIGTERM/SIGINT: checkpoint, exit 0
-        profiler = train_hooks.Profiler(os.path.join(run_dir, "profile"), profile)
-        summary, last_metrics = {}, None  # metrics checked one step late: the host never stalls
-
-        def log_eval(step, params):  # eval time is not counted as train step time
-            with logger.paused():
-                return logger.log(step, evaluator(params), prefix="eval_")
-
+                               flops_per_token=flops.slm_step_flops_per_token(
+                                   model, ref and ref.forward, data.seq_len))
+        summary, closers = _add_hooks(trainer, logger, evaluator, batches, checkpointer,
+                                      log_every=log_every, on_nonfinite=on_nonfinite,
+                                      profile=profile, run_dir=run_dir, seekable=bool(scored_data))
         try:
             if eval_first and start == 0 and evaluator:
-                log_eval(0, state.params)
-            for step in range(start, num_steps):
-                profiler.before_step(step)
-                state, metrics = step_fn(state, ref.params if ref else None, next(batches))
-                done = step + 1
-                profiler.after_step(done, metrics)
-                if last_metrics is not None:
-                    train_hooks.check_finite(last_metrics, done - 1, on_nonfinite)
-                last_metrics = metrics
-                logger.step_done(done)
-                if done % log_every == 0 or done == num_steps:
-                    summary = logger.log(done, batches.add_to(metrics))
-                if evaluator.due(done, num_steps):
-                    log_eval(done, state.params)
-                stop = preemption.reached(checkpointer, done)
-                if stop or checkpointer.due(done) or done == num_steps:
-                    train_hooks.check_finite(metrics, done, on_nonfinite)  # never save a bad state
-                    checkpointer.save(state, force=True, data_state=None if scored_data
-                                      else batches.state())
-                if stop:
-                    logger.preempted(done)
-                    summary["preempted"] = True
-                    break
-            else:
-                if evaluator:
-                    summary.update(log_eval(num_steps, state.params))
+                logger.log_eval(0, evaluator, state.params)
+            state, _ = trainer.run(state, ref and ref.params, batches)
+        except NonFiniteError as e:
+            raise NonFiniteError(f"{e} (--gin.train.on_nonfinite=skip)") from e
         finally:
-            profiler.close()
-            checkpointer.wait()   # a Ctrl-C now must not kill the last save half-written
-            preemption.close()
-            logger.close()
+            for close in closers:
+                close()
     summary["step"] = int(jax.device_get(state.step))
     return summary

@@ -56,6 +56,9 @@ class ModelConfig:
     remat: str = "none"
     scan_layers: bool = False
     attention: str = "auto"
+    # Tokens per chunk of the cross-entropy (slm/losses.py): [B, chunk, V] fp32 logits at a
+    # time instead of [B, T, V]; 0 keeps the full logits (small vocabularies).
+    loss_chunk_size: int = 1024
 
     def __post_init__(self):
         for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_dim",
@@ -64,6 +67,11 @@ class ModelConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{field}={value!r} must be a positive int; "
                                  f"set --gin.ModelConfig.{field} to one")
+        if (isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
+                or self.loss_chunk_size < 0):
+            raise ValueError(f"ModelConfig.loss_chunk_size={self.loss_chunk_size!r} must be an "
+                             "int >= 0 (0: no chunking); set ModelConfig.loss_chunk_size to "
+                             "e.g. 1024")
         if self.n_heads % self.n_kv_heads != 0:
             raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not divisible by "
                              f"ModelConfig.n_kv_heads={self.n_kv_heads}; set "

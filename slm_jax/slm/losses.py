@@ -31,8 +31,7 @@ def per_token_loss(hidden_BTD: jax.Array, unembed_DV: jax.Array, targets_BT: jax
     bytes is small next to the activations, e.g. the CPU bench model).
     """
     if chunk_size < 0:
-        raise ValueError(f"loss_chunk_size={chunk_size} must be >= 0 (0: no chunking); set "
-                         "train.loss_chunk_size (or bench./score.loss_chunk_size) to e.g. 1024")
+        raise ValueError(f"chunk_size={chunk_size} must be >= 0 (0: no chunking)")
     if chunk_size == 0:
         return _chunk_loss(hidden_BTD, unembed_DV.astype(hidden_BTD.dtype), targets_BT)
     batch, length, d_model = hidden_BTD.shape

@@ -5,8 +5,8 @@
     ReferenceConfig.model = @reference/ModelConfig()       # only when it differs from the student
     ReferenceConfig.vocab_path = 'ref/tokenizer.json'      # checked to equal DataConfig.vocab_path's
 
-`train` (mode slm), `score`, `analyze` and `bench` read it; `load_reference` restores and
-casts its params once.
+`train` (mode slm), `score`, `analyze` and `bench` read it; every one of them gets the
+model itself through `slm_jax.trainer.reference_model.load_reference`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import gin
 import jax
 import jax.numpy as jnp
 
+from slm_jax import hardware
 from slm_jax import model as model_lib
 
 
@@ -33,7 +34,7 @@ class ReferenceConfig:
     # CPUs whose bf16 matmuls measure faster than fp32 (AVX512-BF16), fp32 otherwise.
     dtype: str = "auto"
     # The tokenizer the reference was trained with; None: DataConfig.vocab_path. Only
-    # checked (jobs/checks.py): excess loss needs the student's tokens, id for id.
+    # checked (trainer/checks.py): excess loss needs the student's tokens, id for id.
     vocab_path: str | None = None
 
     @property
@@ -60,8 +61,7 @@ class ReferenceConfig:
 
 
 def _matmul_seconds(dtype) -> float:
-    from slm_jax.jobs import perf  # the one matmul timer (bench peaks use it too)
-    return perf.matmul_seconds(dtype, n=1024, reps=3, accumulate_fp32=True)
+    return hardware.matmul_seconds(dtype, n=1024, reps=3, accumulate_fp32=True)
 
 
 @functools.cache
@@ -75,26 +75,3 @@ def fastest_reference_dtype() -> str:
         why = f"CPU matmul bf16 {bf16 * 1e3:.1f} ms vs fp32 {fp32 * 1e3:.1f} ms"
     logging.info("ReferenceConfig.dtype='auto' -> %s (%s)", choice, why)
     return choice
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedReference:
-    params: object           # cast to ReferenceConfig.dtype, sharded like the model's params
-    shardings: object
-    forward: model_lib.ModelConfig   # the config its forward runs with
-
-
-def load_reference(config: ReferenceConfig, student: model_lib.ModelConfig,
-                   runtime) -> LoadedReference:
-    """Restores the reference's params into their shards, cast to `config.dtype`."""
-    if not config.checkpoint:
-        raise ValueError("the reference model's checkpoint is not set: set "
-                         "ReferenceConfig.checkpoint to the checkpoints/ directory of a "
-                         "reference `train` run.")
-    config.check_compatible(student)
-    forward = config.forward_config(student)
-    model = config.model_config(student)
-    params = runtime.restore_params(config.checkpoint, model, binding="ReferenceConfig.checkpoint",
-                                    dtype=forward.dtype)
-    return LoadedReference(params=params, shardings=runtime.param_shardings(model),
-                           forward=forward)

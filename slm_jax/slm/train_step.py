@@ -45,15 +45,17 @@ def init_train_state(model_config, tx, rng) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_loss_fn(model_config, loss_chunk_size: int) -> Callable:
-    """(params, batch) -> per-token loss [B, T] in float32."""
+def make_loss_fn(model_config) -> Callable:
+    """(params, batch) -> per-token loss [B, T] in float32, chunked by
+    `model_config.loss_chunk_size`."""
     decoder = model_lib.Decoder(model_config)
 
     def loss_fn(params, batch: Batch):
         hidden_BTD = decoder.apply({"params": params}, batch["inputs"],
                                    batch["positions"], batch["segment_ids"])
         return losses.per_token_loss(hidden_BTD, model_lib.unembedding(params, model_config),
-                                     batch["targets"], chunk_size=loss_chunk_size)
+                                     batch["targets"],
+                                     chunk_size=model_config.loss_chunk_size)
     return loss_fn
 
 
@@ -70,14 +72,14 @@ def _split_micro_batches(batch: Batch, grad_accum: int) -> Batch:
 
 def make_train_step(model_config, selection: SelectionConfig, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int = 1,
-                    loss_chunk_size: int = 1024, reference_model_config=None) -> Callable:
+                    reference_model_config=None) -> Callable:
     """Builds `step(state, ref_params, batch) -> (state, metrics)` (not yet jitted).
 
     `ref_params` is ignored (may be None) in "clm" and "slm_offline" modes: no
     reference forward runs; "slm_offline" batches carry "ref_loss" [B, T].
     """
-    student_loss_fn = make_loss_fn(model_config, loss_chunk_size)
-    reference_loss_fn = make_loss_fn(reference_model_config or model_config, loss_chunk_size)
+    student_loss_fn = make_loss_fn(model_config)
+    reference_loss_fn = make_loss_fn(reference_model_config or model_config)
     use_reference = selection.selects
 
     def micro_step(params, ref_params, micro: Batch):
@@ -151,18 +153,18 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
     return step
 
 
-def make_score_step(model_config, loss_chunk_size: int = 1024) -> Callable:
+def make_score_step(model_config) -> Callable:
     """(params, batch) -> per-token loss [B, T], zero where loss_weights is 0."""
-    loss_fn = make_loss_fn(model_config, loss_chunk_size)
+    loss_fn = make_loss_fn(model_config)
 
     def score_step(params, batch: Batch):
         return loss_fn(params, batch) * (batch["loss_weights"] > 0)
     return score_step
 
 
-def make_eval_step(model_config, loss_chunk_size: int = 1024) -> Callable:
+def make_eval_step(model_config) -> Callable:
     """(params, batch) -> (sum of weighted loss, sum of weights)."""
-    loss_fn = make_loss_fn(model_config, loss_chunk_size)
+    loss_fn = make_loss_fn(model_config)
 
     def eval_step(params, batch: Batch):
         weights_BT = batch["loss_weights"].astype(jnp.float32)

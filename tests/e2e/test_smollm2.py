@@ -162,7 +162,8 @@ def test_slm_steps_with_smollm2_as_student_and_reference_lower_loss(converted, h
     opt = optim.OptimizerConfig(learning_rate=5e-5, warmup_steps=0, end_lr_ratio=1.0,
                                 weight_decay=0.0, clip_norm=1.0)
     tx, schedule = optim.make_optimizer(opt, total_steps=4)
-    step = jax.jit(train_step.make_train_step(cfg, selection, tx, schedule, loss_chunk_size=256))
+    step = jax.jit(train_step.make_train_step(dataclasses.replace(cfg, loss_chunk_size=256),
+                                              selection, tx, schedule))
     batch = _batch(hf_tokenizer, HELD_OUT)
     state = train_step.TrainState(step=jnp.zeros((), jnp.int32), params=params,
                                   opt_state=tx.init(params))

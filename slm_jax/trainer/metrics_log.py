@@ -3,7 +3,7 @@
 Every train line carries where the time went: `step_s` (wall time per step since the last
 line, less the time spent in evals: `MetricsLogger.paused`), `data_wait_share` (of it, the
 host waiting for batches), `tokens_per_s`, `mfu` (model FLOPs per token x tokens/s over the
-devices' peak, slm_jax/jobs/perf.py) and `peak_mem_bytes` (device memory where the backend
+devices' peak, slm_jax/hardware.py) and `peak_mem_bytes` (device memory where the backend
 reports it, else the process's RSS).
 
 Weights & Biases is optional and off by default: `WandbConfig.project = 'name'` turns it on
@@ -27,7 +27,7 @@ import gin
 import jax
 import tqdm
 
-from slm_jax.jobs import perf
+from slm_jax import hardware
 
 
 @gin.configurable
@@ -101,6 +101,12 @@ class MetricsLogger:
             last_time, last_step = self._last
             self._last = (last_time + time.perf_counter() - begin, last_step)
 
+    def log_eval(self, step: int, evaluator, params) -> dict:
+        """Runs `evaluator(params)` and logs its metrics under `eval_`; its time is not
+        counted as train step time."""
+        with self.paused():
+            return self.log(step, evaluator(params), prefix="eval_")
+
     def step_done(self, step: int):
         if self._bar is not None:
             self._bar.update(step - self._bar.n)
@@ -118,8 +124,8 @@ class MetricsLogger:
             if "data_wait_s" in values:
                 values["data_wait_share"] = min(values["data_wait_s"] / elapsed, 1.0)
             if self.flops_per_token:
-                values["mfu"] = self.flops_per_token * values["tokens_per_s"] / perf.device_peak()[0]
-            values["peak_mem_bytes"] = float(perf.peak_memory_bytes())
+                values["mfu"] = self.flops_per_token * values["tokens_per_s"] / hardware.device_peak()[0]
+            values["peak_mem_bytes"] = float(hardware.peak_memory_bytes())
             self._last = (now, step)
         if not self.enabled:
             return values

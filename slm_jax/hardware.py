@@ -1,5 +1,6 @@
-"""Throughput accounting shared by the bench and the train log: model FLOPs per token (one
-formula), the device's peak FLOP/s and the process's peak memory."""
+"""What the hardware can do, measured or looked up: matmul timings, the devices' peak
+FLOP/s and the peak memory in use. The ground floor: jobs, the trainer and the reference's
+dtype choice all time the machine through here."""
 
 from __future__ import annotations
 
@@ -10,25 +11,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from slm_jax import model as model_lib
-
 # Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s).
 SPEC_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
                    "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v6 lite": 918e12}
-
-
-def flops_per_token(config: model_lib.ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token of one model: 6N for the matmul params plus
-    causal attention (QK^T and AV, 2 matmuls, half the positions masked)."""
-    n = model_lib.count_params(config)
-    if not config.tie_embeddings:
-        n -= config.vocab_size * config.d_model  # the input embedding is a gather, not a matmul
-    attn = 2 * 2 * config.n_layers * config.n_heads * config.resolved_head_dim * seq_len / 2
-    return 6 * n + 3 * attn
-
-
-def forward_flops_per_token(config, seq_len) -> float:
-    return flops_per_token(config, seq_len) / 3
 
 
 def matmul_seconds(dtype="float32", n: int = 2048, reps: int = 5,

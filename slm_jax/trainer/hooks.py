@@ -1,11 +1,10 @@
-"""The pieces the train loop calls beside the step: evaluation hooks, the non-finite
-guard, the preemption watcher (SIGTERM and multi-host preemption notices) and the data
-loader's skipped-document count.
+"""The hooks the trainer runs beside the step (trainer.py): evaluation, the non-finite
+guard, the preemption watcher (SIGTERM and multi-host preemption notices), the profiler
+and the data loader's wait time and skipped-document count.
 
 An eval hook is anything with `make_hook(context) -> fn(params) -> dict of metrics`; the
-trainer logs the dicts under `eval_` every `train.eval_every` steps and at the end.
-`HeldOutLossEval` (`train.eval_data`) and `FewShotEvalConfig` (`train.few_shot_eval`,
-slm_jax/jobs/math_eval.py) are two; `train.evals` takes a list of any.
+train job logs the dicts under `eval_` every `eval_every` steps and at the end.
+`HeldOutLossEval` is one; slm_jax/evals/ holds the few-shot and lm-eval ones.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ class EvalContext:
     model: model_lib.ModelConfig
     data: object        # the training DataConfig (its tokenizer, its batch size)
     runtime: object     # slm_jax.parallel.runtime.Runtime
-    loss_chunk_size: int = 1024
 
 
 @gin.configurable
@@ -46,7 +44,7 @@ class HeldOutLossEval:
     num_batches: int = 8
 
     def make_hook(self, context: EvalContext) -> Callable[[object], dict]:
-        eval_fn = context.runtime.jit_eval(make_eval_step(context.model, context.loss_chunk_size),
+        eval_fn = context.runtime.jit_eval(make_eval_step(context.model),
                                            context.model)
 
         def hook(params) -> dict:
@@ -85,6 +83,9 @@ class NonFiniteError(ValueError):
     pass
 
 
+ON_NONFINITE = ("stop", "skip")
+
+
 def check_finite(metrics, step: int, on_nonfinite: str) -> None:
     """The step never applies a non-finite update; "stop" also ends the run here."""
     if on_nonfinite == "stop" and float(jax.device_get(metrics["skipped"])) > 0:
@@ -92,7 +93,42 @@ def check_finite(metrics, step: int, on_nonfinite: str) -> None:
             f"non-finite loss or gradient at step {step} (loss="
             f"{float(jax.device_get(metrics['loss']))}); the update was not applied and no "
             "checkpoint was written after it. Lower OptimizerConfig.learning_rate, check the "
-            "data, or set --gin.train.on_nonfinite=skip to skip such updates.")
+            "data, or set on_nonfinite='skip' to skip such updates.")
+
+
+class FiniteGuard:
+    """A trainer hook run every step: checks the *previous* step's metrics, so the host
+    never waits for the step it just dispatched; `check_now` is for the step about to be
+    checkpointed (never save a bad state)."""
+
+    def __init__(self, on_nonfinite: str):
+        self.on_nonfinite, self._last = on_nonfinite, None
+
+    def __call__(self, info) -> None:
+        if self._last is not None:
+            check_finite(self._last, info.step - 1, self.on_nonfinite)
+        self._last = info.metrics
+
+    def check_now(self, info) -> None:
+        check_finite(info.metrics, info.step, self.on_nonfinite)
+
+
+class CheckpointHook:
+    """A trainer hook run every step: asks the preemption watcher first (a stop is
+    requested on SIGTERM/Ctrl-C or a multi-host preemption notice), then saves when the
+    checkpointer's interval is due, at the last step, or before a stop. `data_state()` is
+    saved in the same commit (None: the batches are seekable by step)."""
+
+    def __init__(self, checkpointer, preemption, guard: FiniteGuard, data_state):
+        self.checkpointer, self.preemption, self.guard = checkpointer, preemption, guard
+        self.data_state = data_state
+
+    def __call__(self, info) -> None:
+        if self.preemption.reached(self.checkpointer, info.step):
+            info.request_stop()
+        if info.stopping or info.last or self.checkpointer.due(info.step):
+            self.guard.check_now(info)
+            self.checkpointer.save(info.state, force=True, data_state=self.data_state())
 
 
 class PreemptionWatcher:

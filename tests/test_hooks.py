@@ -1,4 +1,4 @@
-"""The pieces beside the train step (slm_jax/jobs/train_hooks.py): eval hooks, the
+"""The pieces beside the train step (slm_jax/trainer/hooks.py): eval hooks, the
 non-finite guard, the preemption watcher and the skipped-document count."""
 
 import os
@@ -12,7 +12,7 @@ import pytest
 
 from slm_jax import model as model_lib
 from slm_jax.data import pipeline, tokenizer
-from slm_jax.jobs import train_hooks
+from slm_jax.trainer import hooks as train_hooks
 from slm_jax.parallel.runtime import Runtime
 from tests.tiny_corpus import tiny_corpus
 
@@ -63,7 +63,7 @@ def test_held_out_loss_is_the_token_weighted_mean(tmp_path):
 
 def test_non_finite_step_stops_only_when_asked():
     bad = {"skipped": jnp.float32(1.0), "loss": jnp.float32(np.nan)}
-    with pytest.raises(train_hooks.NonFiniteError, match="step 7 .*--gin.train.on_nonfinite=skip"):
+    with pytest.raises(train_hooks.NonFiniteError, match="step 7 .*on_nonfinite='skip'"):
         train_hooks.check_finite(bad, 7, "stop")
     train_hooks.check_finite(bad, 7, "skip")
     train_hooks.check_finite({"skipped": jnp.float32(0.0), "loss": jnp.float32(1.0)}, 7, "stop")
