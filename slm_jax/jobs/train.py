@@ -133,6 +133,44 @@ def _add_hooks(trainer, logger, evaluator, batches, checkpointer, *, log_every, 
     return summary, [profiler.close, checkpointer.wait, preemption.close, logger.close]
 
 
+def _make_trainer(runtime, model, selection, ref, tx, schedule, data, grad_accum, num_steps,
+                  checkpointer) -> Trainer:
+    """The trainer around the run's train program (the reference's forward in the step in
+    mode "slm")."""
+    step = programs.train_program(runtime, model, selection, tx, schedule,
+                                  batch_size=data.global_batch_size, seq_len=data.seq_len,
+                                  grad_accum=grad_accum, reference=ref and ref.forward)
+    return Trainer(step.fn, num_steps, checkpointer=checkpointer, runtime=runtime, model=model,
+                   tx=tx, state_shardings=step.in_shardings(0))
+
+
+def _start_records(run_dir, runtime, model, ref, data, start, num_steps, progress,
+                   record: dict) -> MetricsLogger:
+    """run_record.json and config.gin, then the metrics logger (metrics.jsonl, TensorBoard,
+    console) counting the student's step plus the reference's forward as model FLOPs."""
+    write_run_record(run_dir, runtime.mesh, record)
+    return MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
+                         tokens_per_step=data.global_batch_size * data.seq_len,
+                         name=os.path.basename(os.path.normpath(run_dir)), progress=progress,
+                         flops_per_token=flops.slm_step_flops_per_token(
+                             model, ref and ref.forward, data.seq_len))
+
+
+def _run(trainer, state, ref, batches, closers, first_eval=None):
+    """The loop, after `first_eval(params)` when given; the closers run whatever happens,
+    and a non-finite stop names the binding that skips such steps instead."""
+    try:
+        if first_eval:
+            first_eval(state.params)
+        state, _ = trainer.run(state, ref and ref.params, batches)
+    except NonFiniteError as e:
+        raise NonFiniteError(f"{e} (--gin.train.on_nonfinite=skip)") from e
+    finally:
+        for close in closers:
+            close()
+    return state
+
+
 @gin.configurable(denylist=["progress"])
 def train(run_dir: str = gin.REQUIRED, *,
           num_steps: int = 1000,
@@ -196,11 +234,8 @@ def train(run_dir: str = gin.REQUIRED, *,
             ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
                                   checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:
         ref = load_reference(reference, model, runtime) if selection.mode == "slm" else None
-        step = programs.train_program(runtime, model, selection, tx, schedule,
-                                      batch_size=data.global_batch_size, seq_len=data.seq_len,
-                                      grad_accum=grad_accum, reference=ref and ref.forward)
-        trainer = Trainer(step.fn, num_steps, checkpointer=checkpointer, runtime=runtime,
-                          model=model, tx=tx, state_shardings=step.in_shardings(0))
+        trainer = _make_trainer(runtime, model, selection, ref, tx, schedule, data, grad_accum,
+                                num_steps, checkpointer)
         state, data_state = trainer.initial_state(seed, init_checkpoint,
                                                   init_binding="train.init_checkpoint")
         start = int(jax.device_get(state.step))
@@ -212,27 +247,16 @@ def train(run_dir: str = gin.REQUIRED, *,
         # Written once every checkpoint, reference and data input has loaded, so
         # a run that fails on bad input leaves run_dir as it was.
         log.start()
-        write_run_record(run_dir, runtime.mesh, {
+        logger = _start_records(run_dir, runtime, model, ref, data, start, num_steps, progress, {
             "job": "train", "num_steps": num_steps, "grad_accum": grad_accum,
             "scored_data": scored_data, "reference_dtype": ref and ref.forward.dtype,
             **_configs_as_dicts(model=model, data=data, selection=selection,
                                 reference=reference, optimizer=optimizer, mesh_config=mesh)})
-        logger = MetricsLogger(run_dir, total_steps=num_steps, start_step=start,
-                               tokens_per_step=data.global_batch_size * data.seq_len,
-                               name=os.path.basename(os.path.normpath(run_dir)), progress=progress,
-                               flops_per_token=flops.slm_step_flops_per_token(
-                                   model, ref and ref.forward, data.seq_len))
         summary, closers = _add_hooks(trainer, logger, evaluator, batches, checkpointer,
                                       log_every=log_every, on_nonfinite=on_nonfinite,
                                       profile=profile, run_dir=run_dir, seekable=bool(scored_data))
-        try:
-            if eval_first and start == 0 and evaluator:
-                logger.log_eval(0, evaluator, state.params)
-            state, _ = trainer.run(state, ref and ref.params, batches)
-        except NonFiniteError as e:
-            raise NonFiniteError(f"{e} (--gin.train.on_nonfinite=skip)") from e
-        finally:
-            for close in closers:
-                close()
+        first_eval = eval_first and start == 0 and evaluator and (
+            lambda params: logger.log_eval(0, evaluator, params))
+        state = _run(trainer, state, ref, batches, closers, first_eval)
     summary["step"] = int(jax.device_get(state.step))
     return summary

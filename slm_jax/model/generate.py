@@ -97,7 +97,7 @@ def _project(params, config, hidden_BD):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "cache_len", "max_new_tokens"))
-def _prefill(params, tokens_BP, mask_BP, rng, *, config, cache_len, max_new_tokens):
+def prefill(params, tokens_BP, mask_BP, rng, *, config, cache_len, max_new_tokens):
     batch, length = tokens_BP.shape
     mask_BP = mask_BP.astype(jnp.int32)
     positions_BP = jnp.maximum(jnp.cumsum(mask_BP, axis=1) - 1, 0)
@@ -113,7 +113,7 @@ def _prefill(params, tokens_BP, mask_BP, rng, *, config, cache_len, max_new_toke
 
 
 @functools.partial(jax.jit, static_argnames=("config", "eos_id"), donate_argnums=(1,))
-def _decode(params, state, stop_at, temperature, top_p, *, config, eos_id):
+def decode_steps(params, state, stop_at, temperature, top_p, *, config, eos_id):
     """Decodes until step == stop_at or every row is done."""
     decoder = model_lib.Decoder(config)
 
@@ -241,7 +241,7 @@ class Generator:
             lo = 0 if pad_side == "right" else width - len(p)
             tokens[i, lo:lo + len(p)] = p
             mask[i, lo:lo + len(p)] = 1
-        state = _prefill(params, self._put_batch(tokens), self._put_batch(mask), rng, config=cfg,
+        state = prefill(params, self._put_batch(tokens), self._put_batch(mask), rng, config=cfg,
                          cache_len=width + new_tokens, max_new_tokens=new_tokens)
         chunk = chunk_size or (32 if stop_strings else new_tokens)
         n = len(prompts)
@@ -251,7 +251,7 @@ class Generator:
         step = 0
         while step < new_tokens:
             step = min(step + chunk, new_tokens)
-            state = _decode(params, state, jnp.int32(step), jnp.float32(temperature),
+            state = decode_steps(params, state, jnp.int32(step), jnp.float32(temperature),
                             jnp.float32(top_p), config=cfg, eos_id=eos_id)
             if not stop_strings and decode is None:
                 if bool(jax.device_get(jnp.all(state["done"]))):

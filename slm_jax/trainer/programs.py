@@ -12,6 +12,7 @@ estimates) asks `run_programs(...)` and calls `.lower()`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -19,6 +20,7 @@ import jax
 from slm_jax import model as model_lib
 from slm_jax.data import BATCH_KEYS, iterator
 from slm_jax.data.scored import SCORED_KEYS
+from slm_jax.model import generate
 from slm_jax.parallel import partition
 from slm_jax.slm.optim import make_optimizer
 from slm_jax.slm.train_step import make_eval_step, make_score_step, make_train_step
@@ -31,9 +33,12 @@ class Program:
     name: str
     fn: Callable          # a jax.jit-wrapped function
     args: tuple           # pytrees of jax.ShapeDtypeStruct carrying their shardings
+    static: dict = dataclasses.field(default_factory=dict)   # its static keyword arguments
 
     def lower(self):
-        return self.fn.lower(*self.args)
+        """jax.jit's Lowered; call it inside `runtime.activate()` (the activations'
+        sharding rules are part of the program)."""
+        return self.fn.lower(*self.args, **self.static)
 
     def in_shardings(self, index: int):
         """The shardings of argument `index` (e.g. the train state's)."""
@@ -46,14 +51,16 @@ def _with_shardings(abstract_tree, shardings):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Shape:
+class BatchShape:
+    """The global batch of a run (a DataConfig has the same two fields)."""
+
     global_batch_size: int
     seq_len: int
 
 
 def abstract_batch(runtime, batch_size: int, seq_len: int, keys=BATCH_KEYS) -> dict:
     """A global batch as the data pipeline (or the scored stream) hands it to the step."""
-    spec = iterator.batch_spec(_Shape(batch_size, seq_len), runtime.batch_sharding())
+    spec = iterator.batch_spec(BatchShape(batch_size, seq_len), runtime.batch_sharding())
     if "ref_loss" in keys:
         spec["ref_loss"] = jax.ShapeDtypeStruct(spec["loss_weights"].shape, "float32",
                                                 sharding=runtime.batch_sharding())
@@ -107,12 +114,44 @@ def score_program(runtime, reference: model_lib.ModelConfig, *, batch_size: int,
                                       abstract_batch(runtime, batch_size, seq_len)))
 
 
+@dataclasses.dataclass(frozen=True)
+class GenerationShape:
+    """The batches a generating eval (few-shot accuracy, lm-eval's generate_until) runs."""
+
+    batch_size: int = 32
+    prompt_len: int = 512       # the prompt bucket the prompts are padded to
+    max_new_tokens: int = 256
+
+
+def generation_programs(runtime, model, shape: GenerationShape,
+                        eos_id: int | None = None) -> list[Program]:
+    """Prefill (prompts -> KV cache and first logits) and the decode loop of
+    slm_jax/model/generate.py for one batch shape."""
+    params = abstract_params(runtime, model)
+    prompt = jax.ShapeDtypeStruct((shape.batch_size, shape.prompt_len), "int32",
+                                  sharding=runtime.batch_sharding())
+    rng = jax.eval_shape(lambda: jax.random.key(0))
+    prefill_static = dict(config=model, cache_len=shape.prompt_len + shape.max_new_tokens,
+                          max_new_tokens=shape.max_new_tokens)
+    with runtime.activate():
+        state = jax.eval_shape(functools.partial(generate.prefill, **prefill_static), params,
+                               prompt, prompt, rng)
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype)  # noqa: E731
+    return [Program("generate_prefill", generate.prefill, (params, prompt, prompt, rng),
+                    prefill_static),
+            Program("generate_decode", generate.decode_steps,
+                    (params, state, scalar("int32"), scalar("float32"), scalar("float32")),
+                    dict(config=model, eos_id=eos_id))]
+
+
 def run_programs(model, data, selection, optimizer, reference_forward, runtime, *,
-                 num_steps: int = 1000, grad_accum: int = 1) -> list[Program]:
+                 num_steps: int = 1000, grad_accum: int = 1,
+                 generation: GenerationShape | None = None) -> list[Program]:
     """Every program a run of these configs compiles: its train step, the held-out eval
-    step and, where a reference runs (mode "slm", or the `score` job that feeds
-    "slm_offline"), the reference's score step. `reference_forward` is the reference's
-    forward ModelConfig (`ReferenceConfig.forward_config(model)`), or None."""
+    step, where a reference runs (mode "slm", or the `score` job that feeds
+    "slm_offline") the reference's score step, and with `generation` the prefill and
+    decode of a generating eval. `data`: the run's DataConfig or a BatchShape. `reference_forward` is the reference's forward
+    ModelConfig (`ReferenceConfig.forward_config(model)`), or None."""
     tx, schedule = make_optimizer(optimizer, num_steps)
     shape = dict(batch_size=data.global_batch_size, seq_len=data.seq_len)
     programs = [train_program(runtime, model, selection, tx, schedule, grad_accum=grad_accum,
@@ -120,4 +159,6 @@ def run_programs(model, data, selection, optimizer, reference_forward, runtime, 
                 eval_program(runtime, model, **shape)]
     if selection.selects and reference_forward is not None:
         programs.append(score_program(runtime, reference_forward, **shape))
+    if generation is not None:
+        programs += generation_programs(runtime, model, generation)
     return programs
