@@ -5,6 +5,7 @@ dtype choice all time the machine through here."""
 from __future__ import annotations
 
 import functools
+import logging
 import resource
 import time
 
@@ -55,3 +56,22 @@ def peak_memory_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     stats = jax.devices()[0].memory_stats() or {}
     return int(stats.get("peak_bytes_in_use", 0))
+
+
+def _forward_matmul_seconds(dtype) -> float:
+    return matmul_seconds(dtype, n=1024, reps=3, accumulate_fp32=True)
+
+
+@functools.cache
+def fastest_forward_dtype() -> str:
+    """bf16 or fp32, whichever runs a frozen model's forward faster here (what
+    ReferenceConfig.dtype = 'auto' means): bf16 on accelerators and on CPUs whose bf16
+    matmuls measure faster than fp32 (AVX512-BF16, AMX); decided once per process."""
+    if jax.default_backend() != "cpu":
+        choice, why = "bfloat16", f"{jax.default_backend()} computes in bf16"
+    else:
+        bf16, fp32 = _forward_matmul_seconds(jnp.bfloat16), _forward_matmul_seconds(jnp.float32)
+        choice = "bfloat16" if bf16 < 0.9 * fp32 else "float32"
+        why = f"CPU matmul bf16 {bf16 * 1e3:.1f} ms vs fp32 {fp32 * 1e3:.1f} ms"
+    logging.info("fastest forward dtype: %s (%s)", choice, why)
+    return choice

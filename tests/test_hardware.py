@@ -1,5 +1,9 @@
 """Hardware timers (slm_jax/hardware.py): the device peak and peak memory."""
 
+import jax
+import jax.numpy as jnp
+import pytest
+
 from slm_jax import hardware
 
 
@@ -12,3 +16,20 @@ def test_device_peak_is_measured_once_on_cpu_and_memory_is_reported():
 
 def test_matmul_seconds_is_a_positive_best_time():
     assert 0 < hardware.matmul_seconds("float32", n=64, reps=2) < 10
+
+
+@pytest.mark.parametrize("backend, bf16_s, fp32_s, want", [
+    ("cpu", 0.5, 1.0, "bfloat16"),    # a CPU with bf16 dot-product units
+    ("cpu", 0.95, 1.0, "float32"),    # within noise: fp32 (no bf16 rounding for nothing)
+    ("cpu", 1.4, 1.0, "float32"),     # bf16 emulated: slower
+    ("gpu", 9.0, 1.0, "bfloat16"),    # accelerators always compute in bf16
+])
+def test_auto_picks_bf16_only_where_it_is_faster(monkeypatch, backend, bf16_s, fp32_s, want):
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(hardware, "_forward_matmul_seconds",
+                        lambda dtype: bf16_s if dtype == jnp.bfloat16 else fp32_s)
+    hardware.fastest_forward_dtype.cache_clear()
+    try:
+        assert hardware.fastest_forward_dtype() == want
+    finally:
+        hardware.fastest_forward_dtype.cache_clear()

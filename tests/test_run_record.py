@@ -16,3 +16,13 @@ def test_run_record(tmp_path, web):
     assert record["selection"]["mode"] == "clm" and len(record["history"]) == 1
     assert record["model"]["d_model"] == 32 and record["data"]["seq_len"] == 64
     assert (tmp_path / "run" / "config.gin").exists()  # gin bindings; empty when called from Python
+
+
+def test_repo_root_is_the_checkout_and_the_sha_is_its_head():
+    from slm_jax.trainer import run_record
+    import os
+    import subprocess
+    assert os.path.isdir(os.path.join(run_record.REPO_ROOT, "slm_jax", "trainer"))
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=run_record.REPO_ROOT,
+                          capture_output=True, text=True).stdout.strip()
+    assert run_record.git_sha().split("-")[0] == head

@@ -12,12 +12,8 @@ model itself through `slm_jax.trainer.reference_model.load_reference`.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import logging
 
 import gin
-import jax
-import jax.numpy as jnp
 
 from slm_jax import hardware
 from slm_jax import model as model_lib
@@ -39,7 +35,7 @@ class ReferenceConfig:
 
     @property
     def resolved_dtype(self) -> str:
-        return fastest_reference_dtype() if self.dtype == "auto" else self.dtype
+        return hardware.fastest_forward_dtype() if self.dtype == "auto" else self.dtype
 
     def model_config(self, student: model_lib.ModelConfig) -> model_lib.ModelConfig:
         return self.model or student
@@ -58,20 +54,3 @@ class ReferenceConfig:
                 f"{student.vocab_size}; excess loss compares the two per token, so both need "
                 "the same tokenizer: train the reference with the student's vocabulary (or set "
                 "ReferenceConfig.model's vocab_size to match).")
-
-
-def _matmul_seconds(dtype) -> float:
-    return hardware.matmul_seconds(dtype, n=1024, reps=3, accumulate_fp32=True)
-
-
-@functools.cache
-def fastest_reference_dtype() -> str:
-    """What ReferenceConfig.dtype = 'auto' means on this machine; decided once per process."""
-    if jax.default_backend() != "cpu":
-        choice, why = "bfloat16", f"{jax.default_backend()} computes in bf16"
-    else:
-        bf16, fp32 = _matmul_seconds(jnp.bfloat16), _matmul_seconds(jnp.float32)
-        choice = "bfloat16" if bf16 < 0.9 * fp32 else "float32"
-        why = f"CPU matmul bf16 {bf16 * 1e3:.1f} ms vs fp32 {fp32 * 1e3:.1f} ms"
-    logging.info("ReferenceConfig.dtype='auto' -> %s (%s)", choice, why)
-    return choice

@@ -14,7 +14,8 @@ import jax
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "seqio", "tensorflow",
             "tensorflow-datasets", "gin-config", "sentencepiece", "numpy")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# slm_jax/trainer/run_record.py -> the checkout holding slm_jax/ (git asks there).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def git_sha() -> str | None:
