@@ -3,6 +3,7 @@
 import dataclasses
 import html.parser
 import json
+import re
 
 import gin
 import numpy as np
@@ -17,7 +18,9 @@ from slm_jax.data import pipeline, tasks
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 from slm_jax.slm.selection import select_tokens
+from slm_jax.slm.train_step import make_score_step
 from slm_jax.jobs.train import train
+from tests.test_reference_model import save_init_checkpoint
 from tests.tiny_corpus import tiny_corpus
 
 TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -133,6 +136,25 @@ def test_analyze_writes_categories_and_the_page(tiny_run):
     assert loss_CN.shape == (2, summary["num_tokens"])
     np.testing.assert_allclose(loss_CN.mean(axis=1), np.array(
         report["mean_loss_per_checkpoint"])[[0, 2]], rtol=1e-5)
+
+
+def test_a_reference_of_another_size_gives_the_page_its_own_losses(tiny_run, tmp_path):
+    run_dir, eval_data = tiny_run
+    small = dataclasses.replace(TINY, d_model=16, n_heads=2, n_kv_heads=1, mlp_dim=32,
+                                n_layers=1)
+    params = save_init_checkpoint(small, str(tmp_path / "small" / "checkpoints"))
+    summary = job.analyze(run_dir, eval_data=eval_data, model=TINY, num_batches=1,
+                          steps=[2, 3], selection=SelectionConfig(ratio=0.6),
+                          out_dir=str(tmp_path / "analysis"), num_documents=1000,
+                          reference=ReferenceConfig(checkpoint=str(tmp_path / "small" /
+                                                                   "checkpoints"), model=small))
+    spans = parse_spans(open(summary["html"], encoding="utf-8").read())
+    first = next(pipeline.host_batches(dataclasses.replace(eval_data, shuffle=False),
+                                       repeat=False))
+    want = np.asarray(make_score_step(small)(params, first))[first["loss_weights"] > 0]
+    shown = [float(re.search(r"reference (-?[0-9.]+)", s["title"]).group(1)) for s in spans]
+    assert len(shown) == len(want) == summary["excess_page"]["shown_tokens"]
+    np.testing.assert_allclose(shown, want, atol=6e-4)   # the page rounds to 3 decimals
 
 
 def test_analyze_needs_two_checkpoints(tiny_run):

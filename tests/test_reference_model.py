@@ -23,16 +23,22 @@ TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=4, n
 OTHER = dataclasses.replace(TINY, d_model=16, n_heads=2, n_kv_heads=1, mlp_dim=32, n_layers=2)
 
 
+def save_init_checkpoint(model, directory: str, seed: int = 3):
+    """A checkpoints/ directory holding a fresh init of `model` (a reference of any size,
+    without training one); returns its params on host."""
+    runtime = Runtime.from_config()
+    tx, _ = make_optimizer(OptimizerConfig(), 1)
+    state = partition.init_state(model, tx, jax.random.key(seed), runtime.state_shardings(model, tx))
+    with Checkpointer(directory) as checkpointer:
+        checkpointer.save(state, force=True)
+    return jax.device_get(state.params)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """checkpoints/ of a run of OTHER, and its params on host."""
-    root = tmp_path_factory.mktemp("reference")
-    runtime = Runtime.from_config()
-    tx, _ = make_optimizer(OptimizerConfig(), 1)
-    state = partition.init_state(OTHER, tx, jax.random.key(3), runtime.state_shardings(OTHER, tx))
-    with Checkpointer(str(root / "checkpoints")) as checkpointer:
-        checkpointer.save(state, force=True)
-    return str(root / "checkpoints"), jax.device_get(state.params)
+    path = str(tmp_path_factory.mktemp("reference") / "checkpoints")
+    return path, save_init_checkpoint(OTHER, path)
 
 
 def _batch():

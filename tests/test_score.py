@@ -1,5 +1,6 @@
 """The `score` job (slm_jax/jobs/score.py): shards and index written, rows equal the pipeline's, online == offline SLM."""
 
+import dataclasses
 import json
 
 import jax
@@ -14,6 +15,7 @@ from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 from slm_jax.jobs.train import train
+from tests.test_reference_model import save_init_checkpoint
 from tests.tiny_corpus import tiny_corpus
 
 TINY = model_lib.ModelConfig(vocab_size=512, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -92,7 +94,36 @@ def test_offline_without_scores_is_a_clear_error(setup, tmp_path):
     with pytest.raises(ValueError, match="train.scored_data"):
         train(run_dir=str(tmp_path / "x"), data=web, num_steps=1,
               selection=SelectionConfig(mode="slm_offline", ratio=0.6), **common)
-    with pytest.raises(ValueError, match="has no index.json"):
+    with pytest.raises(ValueError, match="train.scored_data=.* has no index.json"):
         train(run_dir=str(tmp_path / "y"), data=web, num_steps=1,
               selection=SelectionConfig(mode="slm_offline", ratio=0.6),
               scored_data=str(tmp_path), **common)
+
+
+def test_a_reference_of_another_size_scores_and_trains_online_as_offline(setup, tmp_path):
+    """ReferenceConfig.model smaller than the student: `score` stores its own losses, and an
+    online SLM run with it selects exactly what the offline run over those scores does."""
+    _, web, _, _, common = setup
+    small = dataclasses.replace(TINY, d_model=16, n_heads=2, n_kv_heads=1, mlp_dim=32,
+                                n_layers=1)
+    params = save_init_checkpoint(small, str(tmp_path / "small" / "checkpoints"))
+    reference = ReferenceConfig(checkpoint=str(tmp_path / "small" / "checkpoints"),
+                                model=small, dtype="float32")
+    scoring.score(str(tmp_path / "scored"), data=web, model=TINY, num_batches=2,
+                  reference=reference)
+    mesh = sharding.make_mesh(sharding.MeshConfig())
+    first = next(iterator.global_batches(web, mesh, sharding.batch_sharding(mesh)))
+    rows = scored.ScoredReader(str(tmp_path / "scored")).rows(0, 8)
+    from slm_jax.slm.train_step import make_score_step
+    np.testing.assert_allclose(rows["ref_loss"], np.asarray(make_score_step(small)(params, first)),
+                               rtol=1e-5, atol=1e-6)
+    online = train(run_dir=str(tmp_path / "online"), data=web, num_steps=2,
+                   selection=SelectionConfig(mode="slm", ratio=0.6), reference=reference,
+                   **common)
+    offline = train(run_dir=str(tmp_path / "offline"), data=web, num_steps=2,
+                    selection=SelectionConfig(mode="slm_offline", ratio=0.6),
+                    scored_data=str(tmp_path / "scored"), **common)
+    for key in ["loss", "selected_loss", "selected_frac", "ref_loss", "excess_loss"]:
+        np.testing.assert_allclose(online[key], offline[key], rtol=1e-6, err_msg=key)
+    record = json.loads((tmp_path / "online" / "run_record.json").read_text())
+    assert record["reference"]["model"]["d_model"] == 16
