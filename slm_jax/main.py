@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e), file=sys.stderr)
         return 2
     except (ValueError, RuntimeError, SyntaxError, FileNotFoundError) as e:
-        return cli_errors.report("slm_jax", e)
+        # The layers below name a binding as gin does; here the fix reads as a flag.
+        return cli_errors.report("slm_jax", e, binding_flag="--gin.")
     return 0
 
 

@@ -45,7 +45,8 @@ def test_auto_is_xla_on_cpu_and_splash_needs_tpu():
     with pytest.raises(ValueError, match="needs a TPU"):
         jax.eval_shape(lambda p: model_lib.Decoder(config).apply(
             {"params": p}, jnp.zeros((1, 8), jnp.int32)), params)
-    with pytest.raises(ValueError, match="--gin.ModelConfig.attention"):
+    with pytest.raises(ValueError, match="ModelConfig.attention='flash' is not one of .*; set "
+                                         "ModelConfig.attention to one of them"):
         dataclasses.replace(TINY, attention="flash")
 
 

@@ -1,4 +1,5 @@
-"""Config checks shared by the jobs (slm_jax/trainer/checks.py), each naming the binding to change."""
+"""Config checks shared by the jobs (slm_jax/trainer/checks.py), each naming the binding to change
+(a job's argument by the binding name the job passes in)."""
 
 import os
 import shutil
@@ -7,6 +8,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from slm_jax import model as model_lib
+from slm_jax.cli_errors import with_flags
 from slm_jax.data import tokenizer
 from slm_jax.data.pipeline import DataConfig
 from slm_jax.trainer import checks
@@ -26,20 +28,29 @@ def test_context_must_fit_every_model():
     checks.check_context(data(), SMALL)
     short = model_lib.ModelConfig(**{**SMALL.__dict__, "max_seq_len": 32})
     with pytest.raises(ValueError, match=r"DataConfig.seq_len=64 is longer than "
-                                         r"ModelConfig.max_seq_len=32; lower --gin.DataConfig"):
+                                         r"ModelConfig.max_seq_len=32; lower DataConfig.seq_len"
+                       ) as error:
         checks.check_context(data(), SMALL, short)
+    assert "; lower --gin.DataConfig.seq_len" in with_flags(str(error.value), "--gin.")
 
 
 def test_batch_must_split_over_data_parallel_devices_per_micro_batch():
     runtime = Runtime.from_config()  # 8 CPU devices, all data-parallel
     checks.check_batch(data(), runtime)
     checks.check_batch(data(), runtime, grad_accum=2)
-    with pytest.raises(ValueError, match=r"micro-batch of 4 sequences .* / train.grad_accum=4\) "
+    with pytest.raises(ValueError, match=r"micro-batch of 4 sequences .* / grad_accum=4\) "
                                          r"is not divisible by the data-parallel size 8 .*"
                                          r"multiple of 32"):
         checks.check_batch(data(), runtime, grad_accum=4)
-    with pytest.raises(ValueError, match=r"not divisible by train.grad_accum=3"):
+    with pytest.raises(ValueError, match=r"not divisible by grad_accum=3; change grad_accum "):
         checks.check_batch(data(), runtime, grad_accum=3)
+    # A job names grad_accum by its own binding (the train job: train.grad_accum).
+    with pytest.raises(ValueError, match=r"micro-batch of 4 sequences .* / train.grad_accum=4\) "):
+        checks.check_batch(data(), runtime, grad_accum=4, grad_accum_binding="train.grad_accum")
+    with pytest.raises(ValueError, match=r"not divisible by train.grad_accum=3; change "
+                                         r"train.grad_accum ") as error:
+        checks.check_batch(data(), runtime, grad_accum=3, grad_accum_binding="train.grad_accum")
+    assert "; change --gin.train.grad_accum " in with_flags(str(error.value), "--gin.")
     with pytest.raises(ValueError, match=r"global_batch_size=12\) is not divisible by the "
                                          r"data-parallel size 8"):
         checks.check_batch(data(global_batch_size=12), runtime)
@@ -66,8 +77,10 @@ def test_tokenizer_must_fit_the_model(hf_dirs):
     n = vocabulary.vocab_size
     with pytest.raises(ValueError, match=rf"DataConfig.vocab_path=.*qwen' has {n} tokens \(ids up "
                                          rf"to {n - 1}\), more than ModelConfig.vocab_size=64; set "
-                                         rf"--gin.ModelConfig.vocab_size to at least {n}"):
+                                         rf"ModelConfig.vocab_size to at least {n}") as error:
         checks.check_tokenizers(data(vocab_path=hf_dirs["qwen"]), SMALL)
+    assert (f"; set --gin.ModelConfig.vocab_size to at least {n} or point "
+            "--gin.DataConfig.vocab_path at") in with_flags(str(error.value), "--gin.")
 
 
 def test_reference_tokenizer_must_be_the_students(hf_dirs, tmp_path):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from slm_jax.cli_errors import with_flags
 from tests.test_decoder import GIN_MODELS, load_config, tiny  # noqa: F401  (shared fixtures and helpers)
 
 
@@ -11,5 +12,7 @@ from tests.test_decoder import GIN_MODELS, load_config, tiny  # noqa: F401  (sha
     ({"dtype": "not_a_dtype"}, "dtype"),
 ])
 def test_bad_config_names_the_binding(overrides, binding):
-    with pytest.raises(ValueError, match=f"--gin.ModelConfig.{binding}"):
+    with pytest.raises(ValueError, match=f"; set ModelConfig.{binding} to ") as error:
         load_config("tiny", **overrides)
+    # The command line (slm_jax/main.py) prints the fix as a flag.
+    assert f"; set --gin.ModelConfig.{binding} to " in with_flags(str(error.value), "--gin.")

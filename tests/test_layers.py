@@ -1,5 +1,6 @@
 """The package's floors (README "Layout"): no module imports from a floor above its own, not
-even inside a function, and jobs/ holds only job entry points."""
+even inside a function, jobs/ holds only job entry points, and only jobs/ and the command
+line spell a binding as a command-line flag ("--gin.")."""
 
 import ast
 import os
@@ -74,6 +75,35 @@ def test_the_check_sees_an_upward_import_inside_a_function(tmp_path, monkeypatch
     (bad / "x.py").write_text("def f():\n    from slm_jax.jobs import train\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", str(tmp_path / "slm_jax"))
     assert upward_imports() == ["slm_jax.model.x:2 imports slm_jax.jobs (floor 5 > 0)"]
+
+
+JOBS_FLOOR = FLOORS.index(("jobs",))
+FLAG = "--gin."
+
+
+def flags_below_jobs() -> list[str]:
+    """module:line of every "--gin." below jobs/ (code, strings, comments alike): the layers
+    below name a binding as gin does, and the command line (cli_errors) makes it a flag."""
+    found = []
+    for path, module in package_modules():
+        if module == "slm_jax" or floor_of(module) >= JOBS_FLOOR:
+            continue
+        with open(path, encoding="utf-8") as f:
+            found += [f"{module}:{i}" for i, line in enumerate(f, 1) if FLAG in line]
+    return found
+
+
+def test_no_module_below_jobs_spells_a_gin_flag():
+    assert flags_below_jobs() == []
+
+
+def test_the_check_sees_a_gin_flag_below_jobs(tmp_path, monkeypatch):
+    for floor, text in [("trainer", "x = 1\nraise ValueError('set " + FLAG + "train.x')\n"),
+                        ("jobs", "FIX = 'set " + FLAG + "train.x'\n")]:
+        (tmp_path / "slm_jax" / floor).mkdir(parents=True)
+        (tmp_path / "slm_jax" / floor / "x.py").write_text(text)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", str(tmp_path / "slm_jax"))
+    assert flags_below_jobs() == ["slm_jax.trainer.x:2"]
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(PACKAGE, "jobs"))))

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from slm_jax.cli_errors import with_flags
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer, make_schedule
 
 
@@ -45,8 +46,9 @@ def test_gradients_are_clipped_and_norm_scales_are_not_decayed():
 
 
 def test_bad_values_name_the_binding():
-    with pytest.raises(ValueError, match="--gin.OptimizerConfig.learning_rate"):
+    with pytest.raises(ValueError, match="; set OptimizerConfig.learning_rate") as error:
         OptimizerConfig(learning_rate=0.0)
+    assert "; set --gin.OptimizerConfig.learning_rate" in with_flags(str(error.value), "--gin.")
     with pytest.raises(ValueError, match=r"end_lr_ratio=2.0 must be a finite number in \[0.0, 1.0\]"):
         OptimizerConfig(end_lr_ratio=2.0)
     with pytest.raises(ValueError, match="learning_rate=nan must be a finite number"):

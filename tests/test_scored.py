@@ -68,7 +68,13 @@ def test_batches_resume_at_any_step_on_the_mesh(written):
 def test_other_seq_len_and_missing_index_are_clear_errors(written, tmp_path):
     runtime = Runtime.from_config()
     data = DataConfig(file_pattern="x", vocab_path="y", seq_len=2 * T, global_batch_size=B)
-    with pytest.raises(ValueError, match=r"scored at seq_len 16, but DataConfig.seq_len=32"):
+    with pytest.raises(ValueError, match=r"scored_dir=.* was scored at seq_len 16, but "
+                                         r"DataConfig.seq_len=32"):
         next(scored.scored_batches(written[0], data, runtime.mesh, runtime.batch_sharding()))
-    with pytest.raises(ValueError, match="has no index.json; run the `score` job first"):
+    with pytest.raises(ValueError, match="scored_dir=.* has no index.json; run the `score` job "
+                                         "first"):
         scored.ScoredReader(str(tmp_path))
+    # The caller names where the directory came from (the train job: its own binding).
+    with pytest.raises(ValueError, match=r"^train.scored_data=.* has no index.json"):
+        next(scored.scored_batches(str(tmp_path), data, runtime.mesh, runtime.batch_sharding(),
+                                   binding="train.scored_data"))

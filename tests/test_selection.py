@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from slm_jax.cli_errors import with_flags
 from slm_jax.slm.selection import SelectionConfig, select_tokens, selection_score
 
 
@@ -282,8 +283,10 @@ def test_document_scope_needs_segment_ids_and_a_fitting_method():
     with pytest.raises(ValueError, match="does not apply to scope 'document'"):
         select_tokens(np.zeros((1, 4)), np.ones((1, 4)), 0.5, "document", "top_k",
                       np.ones((1, 4), np.int32))
-    with pytest.raises(ValueError, match="--gin.SelectionConfig.method='bisect' or 'sort'"):
+    with pytest.raises(ValueError, match="; set SelectionConfig.method='bisect' or 'sort'") as e:
         SelectionConfig(mode="slm", ratio=0.6, scope="document", method="approx")
+    assert "set --gin.SelectionConfig.method='bisect' or 'sort'" in with_flags(str(e.value),
+                                                                              "--gin.")
     assert SelectionConfig(mode="slm", ratio=0.6, scope="document").method == "bisect"
 
 
@@ -322,6 +325,7 @@ def test_bad_score_is_a_one_line_error_naming_the_binding():
     with pytest.raises(ValueError) as error:
         SelectionConfig(mode="slm", ratio=0.6, score="loss")
     message = str(error.value).splitlines()[0]  # gin appends the configurable's name below
-    assert "--gin.SelectionConfig.score='loss'" in message
+    assert message.startswith("SelectionConfig.score='loss' is not one of")
+    assert "; set --gin.SelectionConfig.score='excess'" in with_flags(message, "--gin.")
     assert all(name in message for name in ("excess", "student", "reference"))
     assert SelectionConfig().score == "excess"

@@ -1,11 +1,14 @@
 """Mesh and logical rules (slm_jax/parallel/sharding.py): mesh shapes, logical names onto
 mesh axes, indivisible axes kept replicated."""
 
+import re
+
 import jax
 import pytest
 from jax.sharding import PartitionSpec as P
 
 from slm_jax import model as model_lib
+from slm_jax.cli_errors import with_flags
 from slm_jax.parallel import sharding
 
 TINY = model_lib.ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -116,13 +119,15 @@ def test_multislice_groups_devices_by_slice_index():
     (sharding.MeshConfig(fsdp=8, num_slices=2), None,
      r"does not divide the 4 devices of a slice"),
     (sharding.MeshConfig(num_slices=4), "two slices",
-     r"num_slices=4 but the devices belong to 2 slices; set --gin.MeshConfig.num_slices=2"),
+     r"num_slices=4 but the devices belong to 2 slices; set MeshConfig.num_slices=2"),
 ])
 def test_bad_multislice_config_names_the_binding(config, devices, message):
     if devices == "two slices":
         devices = [SliceDevice(d, d.id // 4) for d in jax.devices()]
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         if devices is None:
             sharding.make_mesh(config)
         else:
             sharding.multislice_device_grid(config, devices)
+    # The command line (slm_jax/main.py) prints the fix as a flag.
+    assert re.search(r"; (set|change) --gin\.MeshConfig\.", with_flags(str(error.value), "--gin."))

@@ -1,7 +1,7 @@
 """The scored-data format of SLM step 2: packed rows plus the reference's per-token loss.
 
 The `score` job (slm_jax/jobs/score.py) writes it; a `train` run with
-`SelectionConfig.mode = 'slm_offline'` and `train.scored_data` reads it back.
+`SelectionConfig.mode = 'slm_offline'` reads it back (its `scored_data` argument).
 
 Layout of a scored directory (local or gs://):
     index.json            global batch size, sequence length, batches, writers
@@ -98,11 +98,11 @@ class ScoredWriter:
 class ScoredReader:
     """Random access to the scored rows, global row r = batch r // B, row r % B."""
 
-    def __init__(self, scored_dir: str):
+    def __init__(self, scored_dir: str, binding: str = "scored_dir"):
         index_path = os.path.join(scored_dir, "index.json")
         if not tf.io.gfile.exists(index_path):
-            raise ValueError(f"train.scored_data={scored_dir!r} has no index.json; run the "
-                             "`score` job first (run.job=score, score.out_dir=...).")
+            raise ValueError(f"{binding}={scored_dir!r} has no index.json; run the `score` job "
+                             "first, with this directory as its out_dir.")
         with tf.io.gfile.GFile(index_path) as f:
             self.index = json.load(f)
         self.dir = scored_dir
@@ -136,15 +136,16 @@ class ScoredReader:
 
 
 def scored_batches(scored_dir: str, data, mesh, batch_sharding,
-                   start_step: int = 0):
+                   start_step: int = 0, binding: str = "scored_dir"):
     """Global batches of `data.global_batch_size` rows from the scored stream.
 
     Step s holds global rows [s*B, (s+1)*B); each host reads only its rows.
-    Seekable: `start_step` resumes exactly where a run stopped.
+    Seekable: `start_step` resumes exactly where a run stopped. `binding` names where
+    `scored_dir` came from (the caller's gin binding), for the error messages.
     """
-    reader = ScoredReader(scored_dir)
+    reader = ScoredReader(scored_dir, binding)
     if reader.index["seq_len"] != data.seq_len:
-        raise ValueError(f"train.scored_data={scored_dir!r} was scored at seq_len "
+        raise ValueError(f"{binding}={scored_dir!r} was scored at seq_len "
                          f"{reader.index['seq_len']}, but DataConfig.seq_len={data.seq_len}; "
                          "score again or set DataConfig.seq_len to match.")
     B = data.global_batch_size

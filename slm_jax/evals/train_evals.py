@@ -66,7 +66,7 @@ class FewShotEvalConfig:
         model, vocab_path = context.model, context.data.vocab_path
         if not self.dataset or not os.path.exists(self.dataset):
             raise ValueError(f"FewShotEvalConfig.dataset={self.dataset!r} does not exist; set "
-                             "--gin.FewShotEvalConfig.dataset to a GSM8K/MATH-style jsonl")
+                             "FewShotEvalConfig.dataset to a GSM8K/MATH-style jsonl")
         sp = load_tokenizer(vocab_path, model, "DataConfig.vocab_path")
         problems = data_lib.load_problems(self.dataset, self.num_problems)
         records = prompts.load_exemplars(self.exemplars) if self.exemplars else None

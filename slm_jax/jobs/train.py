@@ -59,7 +59,7 @@ def _check_config(model, data, selection, reference, scored_data, grad_accum, on
         raise ValueError(f"train.on_nonfinite={on_nonfinite!r} must be 'stop' or 'skip'; set "
                          "--gin.train.on_nonfinite.")
     checks.check_context(data, model)
-    checks.check_batch(data, runtime, grad_accum)
+    checks.check_batch(data, runtime, grad_accum, grad_accum_binding="train.grad_accum")
     checks.check_tokenizers(data, model, reference if selection.mode == "slm" else None)
 
 
@@ -77,7 +77,7 @@ def _prepare_run_dir(run_dir: str) -> None:
 def _batches(data, scored_data, runtime, start, data_state, where):
     if scored_data:  # seekable by step: nothing to restore
         return scored.scored_batches(scored_data, data, runtime.mesh, runtime.batch_sharding(),
-                                     start_step=start)
+                                     start_step=start, binding="train.scored_data")
     return iterator.make_train_iterator(data, runtime.mesh, runtime.batch_sharding(),
                                         start_step=start, saved_state=data_state, where=where)
 

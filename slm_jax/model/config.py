@@ -66,7 +66,7 @@ class ModelConfig:
             value = getattr(self, field)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{field}={value!r} must be a positive int; "
-                                 f"set --gin.ModelConfig.{field} to one")
+                                 f"set ModelConfig.{field} to one")
         if (isinstance(self.loss_chunk_size, bool) or not isinstance(self.loss_chunk_size, int)
                 or self.loss_chunk_size < 0):
             raise ValueError(f"ModelConfig.loss_chunk_size={self.loss_chunk_size!r} must be an "
@@ -75,22 +75,22 @@ class ModelConfig:
         if self.n_heads % self.n_kv_heads != 0:
             raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not divisible by "
                              f"ModelConfig.n_kv_heads={self.n_kv_heads}; set "
-                             "--gin.ModelConfig.n_kv_heads to a divisor of n_heads")
+                             "ModelConfig.n_kv_heads to a divisor of n_heads")
         if self.head_dim is None and self.d_model % self.n_heads != 0:
             raise ValueError(f"ModelConfig.d_model={self.d_model} is not divisible by "
-                             f"ModelConfig.n_heads={self.n_heads}; set --gin.ModelConfig.head_dim "
+                             f"ModelConfig.n_heads={self.n_heads}; set ModelConfig.head_dim "
                              "explicitly or change n_heads")
         if self.resolved_head_dim <= 0 or self.resolved_head_dim % 2 != 0:
             raise ValueError(f"ModelConfig.head_dim={self.resolved_head_dim} must be a positive "
-                             "even int (RoPE rotates halves); set --gin.ModelConfig.head_dim "
+                             "even int (RoPE rotates halves); set ModelConfig.head_dim "
                              "to one")
         if self.attention not in ATTENTION_BACKENDS:
             raise ValueError(f"ModelConfig.attention={self.attention!r} is not one of "
-                             f"{ATTENTION_BACKENDS}; set --gin.ModelConfig.attention to one "
+                             f"{ATTENTION_BACKENDS}; set ModelConfig.attention to one "
                              "of them")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"ModelConfig.remat={self.remat!r} is not one of {REMAT_POLICIES}; "
-                             "set --gin.ModelConfig.remat to one of them")
+                             "set ModelConfig.remat to one of them")
         for field in ("dtype", "param_dtype"):
             value = getattr(self, field)
             try:
@@ -99,10 +99,10 @@ class ModelConfig:
                 parsed = None
             if parsed is None or not jnp.issubdtype(parsed, jnp.floating):
                 raise ValueError(f"ModelConfig.{field}={value!r} is not a floating dtype name; set "
-                                 f"--gin.ModelConfig.{field} to e.g. 'bfloat16' or 'float32'")
+                                 f"ModelConfig.{field} to e.g. 'bfloat16' or 'float32'")
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(f"ModelConfig.rope_type={self.rope_type!r} is not one of "
-                             f"{ROPE_TYPES}; set --gin.ModelConfig.rope_type to one of them")
+                             f"{ROPE_TYPES}; set ModelConfig.rope_type to one of them")
         if self.rope_type == "llama3" and not (
                 self.rope_factor >= 1 and self.rope_high_freq_factor > self.rope_low_freq_factor > 0
                 and self.rope_original_max_len > 0):
@@ -111,10 +111,10 @@ class ModelConfig:
                 f"rope_high_freq_factor > rope_low_freq_factor > 0 (got "
                 f"{self.rope_high_freq_factor}, {self.rope_low_freq_factor}) and "
                 f"rope_original_max_len > 0 (got {self.rope_original_max_len}); fix the "
-                "--gin.ModelConfig.rope_* bindings")
+                "ModelConfig.rope_* bindings")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(f"ModelConfig.rope_theta={self.rope_theta} and ModelConfig.norm_eps="
-                             f"{self.norm_eps} must be positive; fix the --gin.ModelConfig binding")
+                             f"{self.norm_eps} must be positive; fix ModelConfig.rope_theta/norm_eps")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -140,4 +140,4 @@ def computing_in(config: ModelConfig, dtype: str, binding: str) -> ModelConfig:
         return dataclasses.replace(config, dtype=dtype)
     except ValueError as e:
         raise ValueError(f"{binding}={dtype!r} is not a floating dtype name; set "
-                         f"--gin.{binding} to e.g. 'bfloat16' or 'float32'") from e
+                         f"{binding} to e.g. 'bfloat16' or 'float32'") from e

@@ -93,8 +93,8 @@ class Checkpointer:
                 if step == steps[-1]:
                     raise ValueError(
                         f"the checkpoint {self.step_dir(step)} cannot be read ({reason}) and no "
-                        "older one is left; delete the run's checkpoints/ or choose another "
-                        "train.run_dir.") from e
+                        "older one is left; delete the run's checkpoints/ or start a new "
+                        "run_dir.") from e
                 aside = self.step_dir(step) + ".unreadable"
                 epath.Path(self.step_dir(step)).rename(aside)
                 logging.warning("the checkpoint %s cannot be read (%s); moved it to %s and "

@@ -31,9 +31,9 @@ def _detected_cluster(method: str | None):
         except Exception as e:  # e.g. the TPU metadata server did not answer
             raise RuntimeError(
                 f"JAX's {env.name or env.__name__} cluster detection failed ({e}); set "
-                "--gin.initialize_distributed.coordinator_address, .num_processes and "
-                ".process_id, or --gin.initialize_distributed.cluster_detection_method="
-                "deactivate for a single process.") from e
+                "initialize_distributed.coordinator_address, .num_processes and .process_id; "
+                "or, for a single process, set "
+                "initialize_distributed.cluster_detection_method='deactivate'.") from e
     return None
 
 
@@ -50,8 +50,8 @@ def initialize_distributed(coordinator_address: str | None = None,
       ``jax.distributed.initialize()`` with no arguments and JAX fills them in.
     * Elsewhere (GPU hosts over ssh, CPU processes) pass the coordinator
       address, the process count and this process's id, e.g.
-      ``--gin.initialize_distributed.coordinator_address="'10.0.0.2:1234'"``
-      (or export ``JAX_COORDINATOR_ADDRESS``).
+      ``initialize_distributed.coordinator_address = '10.0.0.2:1234'`` (a gin binding,
+      in a file or on the command line; or export ``JAX_COORDINATOR_ADDRESS``).
     * A single process never starts the runtime.
 
     ``cluster_detection_method`` is JAX's: a cluster name to use only that one,
@@ -66,8 +66,7 @@ def initialize_distributed(coordinator_address: str | None = None,
         raise ValueError(
             f"coordinator address {coordinator_address!r} is set but num_processes or "
             "process_id is not, and JAX detects no TPU/SLURM/Open MPI cluster; set "
-            "--gin.initialize_distributed.num_processes and "
-            "--gin.initialize_distributed.process_id on every process.")
+            "initialize_distributed.num_processes and .process_id on every process.")
     if cluster is not None:
         logging.info("joining the %s cluster's %d processes (JAX cluster detection)", *cluster)
     # CPU devices of different processes need a cross-process collective

@@ -71,37 +71,36 @@ class MeshConfig:
         """The mesh shape inside one slice (the ICI mesh); all of it when num_slices is 1."""
         num_devices = self._devices_per_slice(num_devices)
         sizes = [self.data, self.fsdp, self.tensor]
-        flag = "--gin.MeshConfig.{}".format
         where = f"the {num_devices} devices" + (" of a slice" if self.num_slices > 1 else "")
         if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
             raise ValueError(
                 f"MeshConfig (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
-                f"needs positive sizes with at most one -1; fix {flag('data')} etc.")
+                f"needs positive sizes with at most one -1; fix MeshConfig.data etc.")
         known = int(np.prod([s for s in sizes if s != -1]))
         if -1 in sizes:
             if num_devices % known:
                 raise ValueError(
                     f"MeshConfig (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
                     f"does not divide {where}: the fixed axes need a "
-                    f"multiple of {known}; change {flag('fsdp')} or {flag('tensor')}.")
+                    f"multiple of {known}; change MeshConfig.fsdp/tensor.")
             sizes[sizes.index(-1)] = num_devices // known
         if int(np.prod(sizes)) != num_devices:
             raise ValueError(
                 f"MeshConfig (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
                 f"uses {int(np.prod(sizes))} devices but {num_devices} "
                 f"{'per slice ' if self.num_slices > 1 else ''}are available; set "
-                f"one axis to -1 (e.g. {flag('data')}=-1) or make the product {num_devices}.")
+                f"MeshConfig.data (or .fsdp, .tensor) to -1 or make the product {num_devices}.")
         return tuple(sizes)
 
     def _devices_per_slice(self, num_devices: int) -> int:
         slices = self.num_slices
         if isinstance(slices, bool) or not isinstance(slices, int) or slices < 1:
             raise ValueError(f"MeshConfig.num_slices={slices!r} must be an int >= 1; set "
-                             "--gin.MeshConfig.num_slices to the number of TPU slices.")
+                             "MeshConfig.num_slices to the number of TPU slices.")
         if num_devices % slices:
             raise ValueError(
                 f"MeshConfig.num_slices={slices} does not divide the {num_devices} devices "
-                "(every slice has the same number); set --gin.MeshConfig.num_slices to the "
+                "(every slice has the same number); set MeshConfig.num_slices to the "
                 "number of slices the job runs on.")
         return num_devices // slices
 
@@ -137,7 +136,7 @@ def slices_of(devices, num_slices: int) -> list[list]:
     if len(found) != num_slices:
         raise ValueError(
             f"MeshConfig.num_slices={num_slices} but the devices belong to {len(found)} "
-            f"slice{'s' * (len(found) != 1)}; set --gin.MeshConfig.num_slices={len(found)}.")
+            f"slice{'s' * (len(found) != 1)}; set MeshConfig.num_slices={len(found)}.")
     return [[d for d in devices if d.slice_index == s] for s in found]
 
 

@@ -33,7 +33,7 @@ class OptimizerConfig:
             if not ok:
                 bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
                 raise ValueError(f"OptimizerConfig.{name}={value!r} must be a finite number in "
-                                 f"{bounds}; set --gin.OptimizerConfig.{name}.")
+                                 f"{bounds}; set OptimizerConfig.{name}.")
         number("learning_rate", 0.0, math.inf, low_open=True, high_open=True)
         number("end_lr_ratio", 0.0, 1.0)
         number("b1", 0.0, 1.0, high_open=True)
@@ -44,7 +44,7 @@ class OptimizerConfig:
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
                 or self.warmup_steps < 0:
             raise ValueError(f"OptimizerConfig.warmup_steps={self.warmup_steps!r} must be an int "
-                             ">= 0; set --gin.OptimizerConfig.warmup_steps.")
+                             ">= 0; set OptimizerConfig.warmup_steps.")
 
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:

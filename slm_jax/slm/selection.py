@@ -85,11 +85,11 @@ class SelectionConfig:
         if self.scope == "document" and self.method not in DOCUMENT_METHODS:
             raise ValueError(
                     f"SelectionConfig.method={self.method!r} does not apply to scope "
-                    f"'document'; set --gin.SelectionConfig.method='bisect' or 'sort'.")
+                    f"'document'; set SelectionConfig.method='bisect' or 'sort'.")
         if self.score not in SCORES:
             raise ValueError(
-                    f"--gin.SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
-                    "--gin.SelectionConfig.score='excess' (Rho-1), 'student' or 'reference'.")
+                    f"SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
+                    "SelectionConfig.score='excess' (Rho-1), 'student' or 'reference'.")
 
 
 def selection_score(score: str, student_loss, reference_loss):

@@ -1,5 +1,5 @@
 """Checks every job runs on its configs before touching anything, each naming the gin
-binding to change."""
+binding to change (a job's own argument by the name its caller passes in)."""
 
 from __future__ import annotations
 
@@ -13,23 +13,29 @@ def check_context(data, *models: model_lib.ModelConfig) -> None:
     if data.seq_len > limit:
         raise ValueError(
             f"DataConfig.seq_len={data.seq_len} is longer than ModelConfig.max_seq_len={limit}; "
-            "lower --gin.DataConfig.seq_len or raise the model's maximum.")
+            "lower DataConfig.seq_len or raise the model's maximum.")
 
 
-def check_batch(data, runtime, grad_accum: int = 1) -> None:
-    """Each micro-batch splits evenly over the data-parallel devices."""
+def check_batch(data, runtime, grad_accum: int = 1,
+                grad_accum_binding: str = "grad_accum") -> None:
+    """Each micro-batch splits evenly over the data-parallel devices.
+
+    `grad_accum_binding` names where the caller's `grad_accum` came from (e.g. the job's
+    own gin binding), for the error message.
+    """
     dp = runtime.data_parallel_size
     if grad_accum < 1 or data.global_batch_size % grad_accum:
         raise ValueError(f"DataConfig.global_batch_size={data.global_batch_size} is not divisible "
-                         f"by train.grad_accum={grad_accum}; change --gin.train.grad_accum.")
+                         f"by {grad_accum_binding}={grad_accum}; change {grad_accum_binding} "
+                         "to a divisor of it.")
     micro = data.global_batch_size // grad_accum
     if micro % dp:
-        accum = (f" / train.grad_accum={grad_accum}" if grad_accum > 1 else "")
+        accum = (f" / {grad_accum_binding}={grad_accum}" if grad_accum > 1 else "")
         raise ValueError(
             f"micro-batch of {micro} sequences (DataConfig.global_batch_size="
             f"{data.global_batch_size}{accum}) is not divisible by the data-parallel size {dp} "
-            f"(MeshConfig data x fsdp); set --gin.DataConfig.global_batch_size to a multiple of "
-            f"{dp * grad_accum} or change --gin.MeshConfig.data/fsdp.")
+            f"(MeshConfig data x fsdp); set DataConfig.global_batch_size to a multiple of "
+            f"{dp * grad_accum} or change MeshConfig.data/fsdp.")
 
 
 def check_vocab_fits_model(vocabulary, model: model_lib.ModelConfig,
@@ -43,7 +49,7 @@ def check_vocab_fits_model(vocabulary, model: model_lib.ModelConfig,
     if tokens > model.vocab_size:
         raise ValueError(
             f"{binding}={vocabulary.path!r} has {tokens} tokens (ids up to {tokens - 1}), more "
-            f"than ModelConfig.vocab_size={model.vocab_size}; set --gin.ModelConfig.vocab_size "
+            f"than ModelConfig.vocab_size={model.vocab_size}; set ModelConfig.vocab_size "
             f"to at least {tokens} or point {binding} at the model's own tokenizer.")
 
 

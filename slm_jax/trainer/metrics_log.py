@@ -46,7 +46,7 @@ def _start_wandb(config: WandbConfig, run_dir: str, name: str):
         import wandb
     except ImportError as e:
         raise ValueError("WandbConfig.project is set but the wandb package is not installed; "
-                         "pip install wandb, or leave --gin.WandbConfig.project unset.") from e
+                         "pip install wandb, or leave WandbConfig.project unset.") from e
     id_path = os.path.join(run_dir, "wandb_run_id")
     if os.path.exists(id_path):
         with open(id_path) as f:

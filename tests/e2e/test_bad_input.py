@@ -142,11 +142,11 @@ CASES = {
     "old reference dtype binding": (["--gin.bench.reference_dtype=float32"],
                                     r"bench.reference_dtype was renamed: bind ReferenceConfig.dtype"),
     "tokenizer file missing": ([f"--gin.DataConfig.vocab_path={ROOT}/nope.model"],
-                               r"nope.model' does not exist; set DataConfig.vocab_path to a "
+                               r"nope.model' does not exist; set --gin.DataConfig.vocab_path to a "
                                r"SentencePiece .model file"),
     "tokenizer not a SentencePiece model": (
         [f"--gin.DataConfig.vocab_path={ROOT}/not_spm.model"],
-        r"not_spm.model' is not a SentencePiece model; set DataConfig.vocab_path"),
+        r"not_spm.model' is not a SentencePiece model; set --gin.DataConfig.vocab_path"),
     "tokenizer larger than the model": (
         ["--gin.ModelConfig.vocab_size=256"],
         r"DataConfig.vocab_path=.*spm.model' has 512 tokens \(ids up to 511\), more than "
@@ -154,7 +154,7 @@ CASES = {
     "tokenizer.json unreadable": (
         [f"--gin.DataConfig.vocab_path={ROOT}/broken_tokenizer"],
         r"broken_tokenizer/tokenizer.json' is not a readable Hugging Face tokenizer.json "
-        r"\(.*\); set DataConfig.vocab_path to"),
+        r"\(.*\); set --gin.DataConfig.vocab_path to"),
     "reference tokenizer differs from the student's": (
         ["--gin.SelectionConfig.mode=slm", f"--gin.ReferenceConfig.checkpoint={ROOT}/run/checkpoints",
          f"--gin.ReferenceConfig.vocab_path={ROOT}/other_tokenizer"],
@@ -162,7 +162,7 @@ CASES = {
         r"DataConfig.vocab_path=.*spm.model'.*train the reference with the student's tokenizer"),
     "data pattern matches no files": (
         [f"--gin.DataConfig.file_pattern={ROOT}/nothing-*.tfrecord"],
-        r"No files match .*nothing-\*.tfrecord'; set DataConfig.file_pattern to a glob"),
+        r"No files match .*nothing-\*.tfrecord'; set --gin.DataConfig.file_pattern to a glob"),
     "mesh does not divide the devices": (
         ["--gin.MeshConfig.data=3"], r"MeshConfig .*does not divide the 8 devices|uses 3 devices but 8"),
     "mesh with two -1 axes": (["--gin.MeshConfig.fsdp=-1"],
@@ -171,9 +171,19 @@ CASES = {
         ["--gin.DataConfig.global_batch_size=4", "--gin.DataConfig.num_streams=1"],
         r"not divisible by the data-parallel size 8 .*set --gin.DataConfig.global_batch_size to a "
         r"multiple of 8"),
+    "grad_accum not dividing the batch": (
+        ["--gin.train.grad_accum=3"],
+        r"DataConfig.global_batch_size=8 is not divisible by train.grad_accum=3; change "
+        r"--gin.train.grad_accum to a divisor"),
+    "micro-batch not divisible by data parallelism": (
+        ["--gin.train.grad_accum=2"],
+        r"micro-batch of 4 sequences \(DataConfig.global_batch_size=8 / train.grad_accum=2\) is "
+        r"not divisible by the data-parallel size 8 .*set --gin.DataConfig.global_batch_size to a "
+        r"multiple of 16 or change --gin.MeshConfig.data/fsdp"),
     "context longer than the model's maximum": (
         ["--gin.DataConfig.seq_len=512"],
-        r"DataConfig.seq_len=512 is longer than ModelConfig.max_seq_len=256; lower"),
+        r"DataConfig.seq_len=512 is longer than ModelConfig.max_seq_len=256; lower "
+        r"--gin.DataConfig.seq_len"),
     "output dir not writable": ([f"--gin.train.run_dir={ROOT}/a_file/run"],
                                 r"train.run_dir=.*a_file/run' is not writable .*choose another "
                                 r"--gin.train.run_dir"),
