@@ -10,7 +10,6 @@ are slm_jax/trainer/; this module wires them to the gin configs.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 
 import gin
@@ -18,7 +17,7 @@ import jax
 
 from slm_jax import console
 from slm_jax import model as model_lib
-from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
+from slm_jax.data import iterator, pipeline, scored
 from slm_jax.parallel import checkpoint as ckpt_lib
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
