@@ -82,3 +82,14 @@ def test_generation_programs_lower_and_the_compiled_train_step_runs(runtime):
                  for k, s in batch_sds.items()}
         new_state, metrics = compiled(state, None, batch)
     assert int(new_state.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_a_clm_run_over_scored_data_takes_the_stored_losses_with_its_batches(runtime):
+    """Runs of any mode can train on a `score` job's tokens (the experiment's CLM student)."""
+    from slm_jax.slm.optim import make_optimizer
+    tx, schedule = make_optimizer(OptimizerConfig(), 10)
+    program = programs.train_program(runtime, TINY, SelectionConfig(), tx, schedule,
+                                     batch_size=8, seq_len=32, scored=True)
+    assert "ref_loss" in program.args[2]
+    with runtime.activate():
+        program.lower()

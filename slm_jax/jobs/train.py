@@ -133,12 +133,13 @@ def _add_hooks(trainer, logger, evaluator, batches, checkpointer, *, log_every, 
 
 
 def _make_trainer(runtime, model, selection, ref, tx, schedule, data, grad_accum, num_steps,
-                  checkpointer) -> Trainer:
+                  checkpointer, scored_data) -> Trainer:
     """The trainer around the run's train program (the reference's forward in the step in
     mode "slm")."""
     step = programs.train_program(runtime, model, selection, tx, schedule,
                                   batch_size=data.global_batch_size, seq_len=data.seq_len,
-                                  grad_accum=grad_accum, reference=ref and ref.forward)
+                                  grad_accum=grad_accum, reference=ref and ref.forward,
+                                  scored=bool(scored_data))
     return Trainer(step.fn, num_steps, checkpointer=checkpointer, runtime=runtime, model=model,
                    tx=tx, state_shardings=step.in_shardings(0))
 
@@ -234,7 +235,7 @@ def train(run_dir: str = gin.REQUIRED, *,
                                   checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:
         ref = load_reference(reference, model, runtime) if selection.mode == "slm" else None
         trainer = _make_trainer(runtime, model, selection, ref, tx, schedule, data, grad_accum,
-                                num_steps, checkpointer)
+                                num_steps, checkpointer, scored_data)
         state, data_state = trainer.initial_state(seed, init_checkpoint,
                                                   init_binding="train.init_checkpoint")
         start = int(jax.device_get(state.step))

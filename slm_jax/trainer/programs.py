@@ -76,16 +76,19 @@ def abstract_params(runtime, model: model_lib.ModelConfig, dtype=None):
 
 
 def train_program(runtime, model, selection, tx, schedule, *, batch_size: int, seq_len: int,
-                  grad_accum: int = 1, reference: model_lib.ModelConfig | None = None) -> Program:
+                  grad_accum: int = 1, reference: model_lib.ModelConfig | None = None,
+                  scored: bool | None = None) -> Program:
     """`step(state, ref_params, batch) -> (state, metrics)`, the state donated.
 
     `reference`: the config the reference's forward runs with (LoadedReference.forward);
-    its params are an argument only in mode "slm". Mode "slm_offline" batches carry the
-    stored reference losses ("ref_loss")."""
+    its params are an argument only in mode "slm". `scored`: the batches come from a
+    `score` job's output and carry the stored reference losses ("ref_loss"), as they must in
+    mode "slm_offline" (the default) and may in any mode (runs compared on the same tokens)."""
     state_sh = runtime.state_shardings(model, tx)
     online = selection.mode == "slm"
     ref_sh = runtime.param_shardings(reference or model) if online else None
-    keys = SCORED_KEYS if selection.mode == "slm_offline" else BATCH_KEYS
+    scored = selection.mode == "slm_offline" if scored is None else scored
+    keys = SCORED_KEYS if scored else BATCH_KEYS
     fn = partition.jit_train_step(
         make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
                         reference_model_config=reference),
