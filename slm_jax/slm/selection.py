@@ -73,19 +73,7 @@ class SelectionConfig:
             raise ValueError(
                     f"SelectionConfig.mode={self.mode!r} is not one of {MODES}; set "
                     "SelectionConfig.mode='clm', 'slm' or 'slm_offline'.")
-        validate_ratio(self.ratio, "SelectionConfig.ratio")
-        if self.scope not in SCOPES:
-            raise ValueError(
-                    f"SelectionConfig.scope={self.scope!r} is not one of {SCOPES}; set "
-                    "SelectionConfig.scope='batch', 'sequence' or 'document'.")
-        if self.method not in METHODS:
-            raise ValueError(
-                    f"SelectionConfig.method={self.method!r} is not one of {METHODS}; set "
-                    "SelectionConfig.method='bisect' (exact, default) or 'top_k'.")
-        if self.scope == "document" and self.method not in DOCUMENT_METHODS:
-            raise ValueError(
-                    f"SelectionConfig.method={self.method!r} does not apply to scope "
-                    f"'document'; set SelectionConfig.method='bisect' or 'sort'.")
+        check_selection(self.ratio, self.scope, self.method, prefix="SelectionConfig.")
         if self.score not in SCORES:
             raise ValueError(
                     f"SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
@@ -277,15 +265,23 @@ def _select_documents(score_BT, valid_BT, segment_ids_BT, ratio: float, method: 
     return keep_BT.astype(jnp.float32)
 
 
-def _check_arguments(ratio: float, scope: str, method: str, segment_ids) -> None:
-    validate_ratio(ratio)
+def check_selection(ratio: float, scope: str, method: str, prefix: str = "") -> None:
+    """The one check of `select_tokens`' settings; `prefix` names their owner in the
+    message (SelectionConfig checks its fields with "SelectionConfig.")."""
+    validate_ratio(ratio, f"{prefix}ratio")
     if scope not in SCOPES:
-        raise ValueError(f"scope={scope!r} is not one of {SCOPES}.")
+        raise ValueError(f"{prefix}scope={scope!r} is not one of {SCOPES}; set "
+                         f"{prefix}scope='batch', 'sequence' or 'document'.")
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}.")
+        raise ValueError(f"{prefix}method={method!r} is not one of {METHODS}; set "
+                         f"{prefix}method='bisect' (exact, default) or 'top_k'.")
     if scope == "document" and method not in DOCUMENT_METHODS:
-        raise ValueError(f"method={method!r} does not apply to scope 'document'; "
-                         f"use one of {DOCUMENT_METHODS}.")
+        raise ValueError(f"{prefix}method={method!r} does not apply to scope 'document'; "
+                         f"set {prefix}method='bisect' or 'sort'.")
+
+
+def _check_arguments(ratio: float, scope: str, method: str, segment_ids) -> None:
+    check_selection(ratio, scope, method)
     if scope == "document" and segment_ids is None:
         raise ValueError("scope='document' needs segment_ids [B, T] (the batch's "
                          "'segment_ids') to know where documents start.")
