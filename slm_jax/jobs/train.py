@@ -112,22 +112,31 @@ def _add_hooks(trainer, logger, evaluator, batches, checkpointer, *, log_every, 
     guard = train_hooks.FiniteGuard(on_nonfinite)
     preemption = train_hooks.PreemptionWatcher()  # SIGTERM/SIGINT: checkpoint, exit 0
     profiler = train_hooks.Profiler(os.path.join(run_dir, "profile"), profile)
+
+    def log(info):
+        summary.update(logger.log(info.step, batches.add_to(info.metrics)))
+
+    def evaluate(info):  # mid-run; the final eval runs once the last step is done
+        if evaluator.due(info.step, trainer.num_steps):
+            logger.log_eval(info.step, evaluator, info.state.params)
+
+    def note_stop(info):
+        if info.stopping:
+            logger.preempted(info.step)
+            summary["preempted"] = True
+
     trainer.add_before_step(profiler.before_step)
     trainer.add_hook(lambda info: profiler.after_step(info.step, info.metrics))
     trainer.add_hook(guard)
     trainer.add_hook(lambda info: logger.step_done(info.step))
-    trainer.add_hook(lambda info: summary.update(
-        logger.log(info.step, batches.add_to(info.metrics))), every=log_every, at_last=True)
-    if evaluator:
-        trainer.add_hook(lambda info: info.last or logger.log_eval(info.step, evaluator,
-                                                                   info.state.params),
-                         every=evaluator.every)
-        trainer.add_final_hook(lambda state: summary.update(
-            logger.log_eval(trainer.num_steps, evaluator, state.params)))
+    trainer.add_hook(log, every=log_every, at_last=True)
+    trainer.add_hook(evaluate)
     trainer.add_hook(train_hooks.CheckpointHook(
         checkpointer, preemption, guard, (lambda: None) if seekable else batches.state))
-    trainer.add_hook(lambda info: info.stopping and (logger.preempted(info.step),
-                                                     summary.update(preempted=True)))
+    trainer.add_hook(note_stop)
+    if evaluator:
+        trainer.add_final_hook(lambda state: summary.update(
+            logger.log_eval(trainer.num_steps, evaluator, state.params)))
     # A Ctrl-C in the closers must not kill the last save half-written: wait first.
     return summary, [profiler.close, checkpointer.wait, preemption.close, logger.close]
 
