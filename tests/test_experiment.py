@@ -10,6 +10,7 @@ import numpy as np
 import gin
 import pytest
 
+from slm_jax.cli_errors import with_flags
 from slm_jax.jobs import experiment
 from slm_jax import model as model_lib
 from slm_jax.model.generate import greedy_generate
@@ -70,8 +71,10 @@ def test_selection_variants_are_named_and_checked_before_any_work():
     assert list(selections) == ["slm", "slm_student_batch", "slm_excess_document"]
     assert all(s.mode == "slm_offline" and s.ratio == 0.6 for s in selections.values())
     assert selections["slm_excess_document"].scope == "document"
-    with pytest.raises(ValueError, match="--gin.SelectionConfig.score="):
+    with pytest.raises(ValueError, match="set SelectionConfig.score=") as e:
         experiment.variant_selections([("loss", "batch")], 0.6)
+    # The command line spells the fix as a flag.
+    assert "set --gin.SelectionConfig.score=" in with_flags(str(e.value), "--gin.")
     with pytest.raises(ValueError, match="\\(score, scope\\) pair"):
         experiment.variant_selections(["student"], 0.6)
 
