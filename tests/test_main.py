@@ -72,6 +72,21 @@ def test_renamed_configurable_names_the_new_one(capsys):
         "math_eval.tasks was renamed: bind eval.tasks instead (e.g. --gin.eval.tasks=...)"]
 
 
+@pytest.mark.parametrize("old, new, value", [
+    ("train.loss_chunk_size", "ModelConfig.loss_chunk_size", "0"),
+    ("bench.loss_chunk_size", "ModelConfig.loss_chunk_size", "0"),
+    ("demo.ratio", "SelectionConfig.ratio", "0.5"),
+    ("experiment.ratio", "SelectionConfig.ratio", "0.5"),
+    ("analyze.ratio", "SelectionConfig.ratio", "0.5"),
+    ("bench.ratio", "SelectionConfig.ratio", "0.5"),
+])
+def test_settings_with_one_home_answer_their_old_bindings_in_one_line(capsys, old, new, value):
+    code, out = run_main(capsys, ["--gin_file=gin/models/tiny.gin", f"--gin.{old}={value}"])
+    assert code == 2
+    assert out.err.strip().splitlines() == [
+        f"{old} was renamed: bind {new} instead (e.g. --gin.{new}=...)"]
+
+
 def test_train_logs_checkpoints_and_resumes(capsys, corpus, tmp_path):
     run_dir = tmp_path / "run"
     code, out = run_main(capsys, train_flags(corpus, run_dir, "--gin.train.num_steps=4",
