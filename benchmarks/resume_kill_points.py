@@ -40,8 +40,10 @@ from tests.tiny_corpus import tiny_corpus  # noqa: E402
 
 
 def make_data(root: str):
+    """(files, tokenizer, compilation cache) as tests/e2e/test_resume.py's `command` takes
+    them: every run and restart shares one compilation cache, as in the test."""
     paths, vocab = tiny_corpus(pathlib.Path(root), seed=4)
-    return paths.web_tfrecord, vocab
+    return paths.web_tfrecord, vocab, os.path.join(root, "jax_cache")
 
 
 SIGNALS = {"KILL": signal.SIGKILL, "INT": signal.SIGINT, "TERM": signal.SIGTERM}
