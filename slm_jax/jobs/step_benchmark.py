@@ -26,15 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from slm_jax import model as model_lib
-from slm_jax.data import BATCH_KEYS
 from slm_jax.hardware import device_peak, peak_memory_bytes
-from slm_jax.trainer.flops import slm_step_flops_per_token
 from slm_jax.parallel import partition, sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import METHODS, SelectionConfig, select_tokens
-from slm_jax.slm.train_step import make_train_step
+from slm_jax.trainer import programs
+from slm_jax.trainer.flops import slm_step_flops_per_token
 from slm_jax.trainer.reference_model import load_reference
 
 def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict:
@@ -65,21 +64,20 @@ def time_fn(fn, n_warmup: int, n_steps: int) -> list[float]:
 MODES = {"clm": "clm", "slm_online": "slm", "slm_offline": "slm_offline"}
 
 
-def _build_steps(model, ref, modes, ratio, tx, schedule, runtime, host_batch, grad_accum,
-                 state_sh):
-    """{mode: (jitted step, reference params or None, device batch, SelectionConfig)}."""
+def _build_steps(model, ref, modes, ratio, tx, schedule, runtime, host_batch, grad_accum):
+    """{mode: (jitted step, reference params or None, device batch, SelectionConfig)}: each
+    mode's train program, as the train job builds it."""
     steps = {}
     for mode in modes:
         selection = SelectionConfig(mode=MODES[mode], ratio=1.0 if mode == "clm" else ratio)
-        keys = BATCH_KEYS + (("ref_loss",) if mode == "slm_offline" else ())
-        batch = jax.device_put({k: host_batch[k] for k in keys},
-                               partition.batch_shardings(runtime.mesh, keys))
-        online = mode == "slm_online"
-        step = partition.jit_train_step(
-            make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
-                            reference_model_config=ref.forward),
-            state_sh, ref.shardings if online else None, runtime.mesh, batch_keys=keys)
-        steps[mode] = (step, ref.params if online else None, batch, selection)
+        program = programs.train_program(runtime, model, selection, tx, schedule,
+                                         batch_size=host_batch["inputs"].shape[0],
+                                         seq_len=host_batch["inputs"].shape[1],
+                                         grad_accum=grad_accum, reference=ref.forward)
+        batch = jax.device_put({k: host_batch[k] for k in program.args[2]},
+                               program.in_shardings(2))
+        steps[mode] = (program.fn, ref.params if mode == "slm_online" else None, batch,
+                       selection)
     return steps
 
 
@@ -148,8 +146,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
         # A random reference: the bench times, it does not learn.
         ref = load_reference(reference or ReferenceConfig(), model, runtime, init_seed=1)
         steps = _build_steps(model, ref, modes, ratio, tx, schedule, runtime,
-                             synthetic_batch(batch_size, seq_len, model.vocab_size), grad_accum,
-                             state_sh)
+                             synthetic_batch(batch_size, seq_len, model.vocab_size), grad_accum)
         step_times, peak_mem = _interleaved_step_times(
             steps, partition.init_state(model, tx, jax.random.key(0), state_sh), modes,
             warmup_steps, timed_steps, profile_dir)

@@ -153,8 +153,9 @@ def run_programs(model, data, selection, optimizer, reference_forward, runtime, 
     """Every program a run of these configs compiles: its train step, the held-out eval
     step, where a reference runs (mode "slm", or the `score` job that feeds
     "slm_offline") the reference's score step, and with `generation` the prefill and
-    decode of a generating eval. `data`: the run's DataConfig or a BatchShape. `reference_forward` is the reference's forward
-    ModelConfig (`ReferenceConfig.forward_config(model)`), or None."""
+    decode of a generating eval. `data`: the run's DataConfig or a BatchShape.
+    `reference_forward`: the reference's forward ModelConfig
+    (`ReferenceConfig.forward_config(model)`), or None."""
     tx, schedule = make_optimizer(optimizer, num_steps)
     shape = dict(batch_size=data.global_batch_size, seq_len=data.seq_len)
     programs = [train_program(runtime, model, selection, tx, schedule, grad_accum=grad_accum,
