@@ -1,10 +1,17 @@
 """Cloud TPU VM launcher: create a slice, install the project on every host, run, tail, delete.
 
-    python launch/tpu_vm.py create --name N --zone Z --accelerator_type v5p-128 [--queued --spot]
+    python launch/tpu_vm.py check  --accelerator_type v5p-128 -- --gin_file=gin/runs/rho1_math_1b.gin
+    python launch/tpu_vm.py create --name N --zone Z --accelerator_type v5p-128 [--queued --spot] \
+        [-- GIN FLAGS: compiled for the slice first]
     python launch/tpu_vm.py setup  --name N --zone Z [--repo_url URL]
     python launch/tpu_vm.py run    --name N --zone Z -- --gin_file=... --gin.train.run_dir=gs://...
     python launch/tpu_vm.py logs   --name N --zone Z [--worker 0]
     python launch/tpu_vm.py delete --name N --zone Z [--queued] [--quiet]
+
+`check` compiles the run's programs for the slice on this machine (the `compile` job; needs
+`pip install -r requirements-tpu.txt`, no TPU) and fails when one does not fit; `create` and
+`run` do the same first when they are given the run's gin flags and the accelerator type
+(--skip_check to go ahead without).
 
 Every subcommand takes --dry_run (print the gcloud commands, run nothing) and
 --num_slices N (a multislice job: N slices of --accelerator_type in one queued
@@ -41,7 +48,6 @@ PID_FILE = "~/slm_jax.pid"
 # jax.distributed.initialize() hangs (jax-ml/jax#35905). 8476 was jax's port before.
 DEFAULT_COORDINATOR_PORT = 8476
 METADATA_URL = "http://metadata.google.internal/computeMetadata/v1/instance/attributes"
-LIBTPU_FIND_LINKS = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 # What `setup --copy` leaves out of the tarball: history, caches and local run outputs.
 TAR_EXCLUDES = (".git", "__pycache__", "./runs", "./.whl", "./.venv", "./.venv-gpu",
                 "./.pytest_cache")
@@ -98,6 +104,40 @@ def slice_shape(accelerator_type: str) -> SliceShape:
     if chips <= per_host:
         return SliceShape(1, chips)
     return SliceShape(chips // per_host, per_host)
+
+
+# Chips -> the slice's default topology (GCP's per-generation tables): 3D tori for v4/v5p,
+# 2D for v5e/v6e. --topology overrides it for a custom shape.
+_TOPOLOGY_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8",
+                256: "4x8x8", 512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}
+_TOPOLOGY_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16",
+                256: "16x16"}
+_COMPILER_NAMES = {"v4": "v4", "v5p": "v5p", "v5litepod": "v5e", "v6e": "v6e"}
+
+
+def compile_topology(accelerator_type: str) -> str:
+    """The `compile.topology` of a slice: v5p-128 -> v5p:4x4x4, v5litepod-16 -> v5e:4x4."""
+    generation, count = parse_accelerator_type(accelerator_type)
+    name = _COMPILER_NAMES.get(re.match(r"v\w+?(?=-)", accelerator_type).group(0))
+    chips = count // generation.cores_per_chip if generation.counts_cores else count
+    shapes = _TOPOLOGY_2D if name in ("v5e", "v6e") else _TOPOLOGY_3D
+    if name is None or chips not in shapes:
+        raise LaunchError(f"--accelerator_type={accelerator_type}: no default topology to compile "
+                          "for; pass --topology (e.g. v5p:4x4x4) or --skip_check")
+    return f"{name}:{shapes[chips]}"
+
+
+def check_plan(args, gin_flags: list[str]) -> list:
+    """The `compile` job for the slice, run here: non-zero (and the plan stops) when a
+    program of the run does not fit the slice's HBM."""
+    if not gin_flags:
+        raise LaunchError("check needs the run's gin flags after `--` (e.g. -- "
+                          "--gin_file=gin/runs/rho1_math_1b.gin)")
+    topology = args.topology or compile_topology(args.accelerator_type)
+    return [["env", f"PYTHONPATH={common.REPO_ROOT}", sys.executable, "-m", "slm_jax.main",
+             *_with_num_slices(args, gin_flags),
+             "--gin.run.job=compile", f"--gin.compile.topology={topology}",
+             "--gin.compile.count_flops=False"]]
 
 
 def default_runtime_version(accelerator_type: str) -> str:
@@ -183,9 +223,7 @@ def setup_plan(args) -> list:
     install = [*_install_python(args.python),
                f"{common.quote(args.python)} -m venv {REMOTE_VENV}",
                f"{pip} install --quiet --upgrade pip",
-               f"{pip} install --quiet -r {REMOTE_REPO}/requirements.txt",
-               f"{pip} install --quiet {common.quote(f'jax[tpu]=={common.jax_version()}')} "
-               f"-f {LIBTPU_FIND_LINKS}"]
+               f"{pip} install --quiet -r {REMOTE_REPO}/requirements-tpu.txt"]
     plan.append(_ssh(args, "all", " && ".join(fetch + install)))
     return plan
 
@@ -303,7 +341,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="run: gin flags for slm_jax.main go after `--`.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    create = sub.add_parser("create", parents=[common_flags], help="create the TPU VM slice")
+    check_flags = argparse.ArgumentParser(add_help=False)
+    check_flags.add_argument("--topology", help="compile for this topology instead of the "
+                             "accelerator type's default (e.g. v5p:4x8x8)")
+    check_flags.add_argument("--skip_check", action="store_true",
+                             help="do not compile the run for the slice first")
+
+    check = sub.add_parser("check", parents=[check_flags],
+                           help="compile the run (gin flags after `--`) for a slice, here")
+    check.add_argument("--accelerator_type", help=f"{KNOWN_TYPES}, e.g. v5p-128")
+    check.add_argument("--num_slices", type=int, default=1, help="slices of a multislice job")
+    check.add_argument("--dry_run", action="store_true", help="print the command, run nothing")
+
+    create = sub.add_parser("create", parents=[common_flags, check_flags],
+                            help="create the TPU VM slice")
     create.add_argument("--accelerator_type", required=True,
                         help=f"{KNOWN_TYPES}, e.g. v4-8, v5p-128, v5litepod-16")
     create.add_argument("--runtime_version", help="TPU software version (default: per generation)")
@@ -321,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     setup.add_argument("--python", default="python3.11",
                        help="interpreter for the venv; python3.N is apt-installed when missing")
 
-    run = sub.add_parser("run", parents=[common_flags],
+    run = sub.add_parser("run", parents=[common_flags, check_flags],
                          help="start slm_jax.main on every worker, detached")
+    run.add_argument("--accelerator_type", help="the slice's type: the run is compiled for it "
+                                                "first (see check)")
     run.add_argument("--env", action="append", metavar="KEY=VALUE",
                      help="environment variable for the trainer (repeatable)")
     run.add_argument("--coordinator_port", type=int, default=DEFAULT_COORDINATOR_PORT,
@@ -360,14 +413,34 @@ def check_args(args) -> None:
         raise LaunchError(f"--coordinator_port={port} is not a TCP port (1-65535)")
 
 
+def _checked_first(args, gin_flags: list[str]) -> list:
+    """`check`'s plan ahead of create/run when it can run: gin flags and a slice type."""
+    if args.skip_check or not gin_flags:
+        return []
+    if not (args.accelerator_type or args.topology):
+        print("warning: not compiled for the slice first: pass --accelerator_type (or "
+              "--topology), or --skip_check", file=sys.stderr)
+        return []
+    return check_plan(args, gin_flags)
+
+
 def main(argv: list[str]) -> None:
     flags, gin_flags = common.split_gin_flags(argv)
     args = build_parser().parse_args(flags)
     check_args(args)
-    if args.command == "run":
-        plan = run_plan(args, common.check_gin_flags(gin_flags))
+    if args.command == "check":
+        if not (args.accelerator_type or args.topology):
+            raise LaunchError("check needs --accelerator_type (or --topology)")
+        plan = check_plan(args, common.check_gin_flags(gin_flags))
+    elif args.command == "run":
+        gin_flags = common.check_gin_flags(gin_flags)
+        plan = run_plan(args, gin_flags)
+        plan = _checked_first(args, gin_flags) + plan
+    elif args.command == "create":
+        plan = _checked_first(args, common.check_gin_flags(gin_flags) if gin_flags else [])
+        plan += create_plan(args)
     elif gin_flags:
-        raise LaunchError(f"`{args.command}` takes no gin flags; only `run` does")
+        raise LaunchError(f"`{args.command}` takes no gin flags; only check, create and run do")
     else:
         plan = PLANS[args.command](args)
     common.execute(plan, args.dry_run)

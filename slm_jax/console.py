@@ -32,8 +32,15 @@ class _ConsoleFilter(logging.Filter):
 # Lines C++ libraries write to fd 2 on their own: absl's INFO/WARNING lines (TensorFlow's
 # CUDA probe on a CPU-only machine), its "before InitializeLog" notice, and tensorflow-text's
 # SentencePiece note on each model load. Errors (E/F lines) and anything else pass through.
+# libtpu on a host without TPU chips (the `compile` job's TPU compiler; any JAX start-up
+# where libtpu is installed) explains once that it cannot find the TPU's metadata.
 _NATIVE_NOISE = re.compile(rb"^(?:[IW]\d{4} [\d:.]+ +\d+ \S+:\d+\] |WARNING: All log "
-                           rb"messages before absl::InitializeLog|\S+\.cc\(\d+\) LOG\(INFO\) )")
+                           rb"messages before absl::InitializeLog|\S+\.cc\(\d+\) LOG\(INFO\) |"
+                           rb"Failed to find host bounds for accelerator type: WARNING: could not "
+                           rb"determine TPU|WARNING: Logging before InitGoogle\(\)|E\d{4} [\d:.]+ +\d+ "
+                           rb"common_lib\.cc:\d+\] INVALID_ARGUMENT: Error: unexpected worker hostname "
+                           rb"'WARNING: could not determine TPU|=== Source Location Trace: ===|"
+                           rb"learning/\w+/tfrc/runtime/libtpu_init_utils\.cc:\d+)")
 _native_log = logging.getLogger("slm_jax.native")
 _native_backlog: collections.deque = collections.deque(maxlen=2000)
 

@@ -1,6 +1,11 @@
-"""What the hardware can do, measured or looked up: matmul timings, the devices' peak
-FLOP/s and the peak memory in use. The ground floor: jobs, the trainer and the reference's
-dtype choice all time the machine through here."""
+"""What the hardware can do, measured or looked up: the platform a program is built for,
+matmul timings, the devices' peak FLOP/s and HBM, and the peak memory in use. The ground
+floor: jobs, the trainer, the model's kernel choices and the reference's dtype choice all
+ask here.
+
+A program's platform is that of the devices it is compiled for (the mesh), not the
+process's default backend: a CPU host compiling for a TPU topology builds the TPU program.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,53 @@ import time
 import jax
 import jax.numpy as jnp
 
-# Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s).
+# Dense bf16 peak per chip from the vendors' spec sheets (FLOP/s), keyed by the
+# `device_kind` the runtime reports: libtpu calls a v5p "TPU v5", a v5e "TPU v5 lite" and a
+# v6e "TPU v6 lite". Matched exactly for TPUs ("TPU v5" is a prefix of "TPU v5 lite").
 SPEC_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12,
-                   "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v6 lite": 918e12}
+                   "TPU v5": 459e12, "TPU v5 lite": 197e12, "TPU v6 lite": 918e12}
+# HBM per chip (bytes) by the same names: what a compiled program must fit in.
+SPEC_HBM_BYTES = {"TPU v4": 32 * 2**30, "TPU v5": 95 * 2**30, "TPU v5 lite": 16 * 2**30,
+                  "TPU v6 lite": 32 * 2**30, "H100": 80 * 2**30, "H200": 141 * 2**30,
+                  "A100": 80 * 2**30}
+
+
+def target_device():
+    """(platform, device_kind) of the devices the program being built runs on: the active
+    mesh's (`jax.set_mesh`, e.g. inside Runtime.activate(), also while tracing) else the
+    default backend's first device."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    if device is not None:
+        return device.platform, device.device_kind
+    first = jax.devices()[0]
+    return first.platform, first.device_kind
+
+
+def target_platform() -> str:
+    """"cpu", "gpu" or "tpu": the platform of `target_device()` (CUDA/ROCm read as gpu)."""
+    platform = target_device()[0]
+    return "gpu" if platform in ("cuda", "rocm") else platform
+
+
+def _spec_lookup(table: dict, kind: str):
+    """The entry of `table` for a device kind: TPUs by exact name, GPUs by substring
+    ("NVIDIA H100 80GB HBM3" is an H100)."""
+    if kind in table:
+        return table[kind]
+    for name, value in table.items():
+        if not name.startswith("TPU") and name.lower() in kind.lower():
+            return value
+    return None
+
+
+def spec_peak_flops(kind: str) -> float | None:
+    """Dense bf16 peak FLOP/s of one chip of `kind`, or None when the table lacks it."""
+    return _spec_lookup(SPEC_PEAK_FLOPS, kind)
+
+
+def spec_hbm_bytes(kind: str) -> int | None:
+    """HBM bytes of one chip of `kind`, or None when the table lacks it."""
+    return _spec_lookup(SPEC_HBM_BYTES, kind)
 
 
 def matmul_seconds(dtype="float32", n: int = 2048, reps: int = 5,
@@ -44,9 +93,9 @@ def device_peak() -> tuple[float, str]:
     kind = jax.devices()[0].device_kind
     if jax.default_backend() == "cpu":
         return measured_matmul_peak(), "measured fp32 matmul (2048^3, XLA)"
-    for name, peak in SPEC_PEAK_FLOPS.items():
-        if name.lower() in kind.lower():
-            return peak * jax.device_count(), f"spec bf16 dense peak of {kind}"
+    peak = spec_peak_flops(kind)
+    if peak is not None:
+        return peak * jax.device_count(), f"spec bf16 dense peak of {kind}"
     return measured_matmul_peak("bfloat16", 8192), f"measured bf16 matmul on {kind}"
 
 
@@ -62,13 +111,18 @@ def _forward_matmul_seconds(dtype) -> float:
     return matmul_seconds(dtype, n=1024, reps=3, accumulate_fp32=True)
 
 
-@functools.cache
 def fastest_forward_dtype() -> str:
-    """bf16 or fp32, whichever runs a frozen model's forward faster here (what
-    ReferenceConfig.dtype = 'auto' means): bf16 on accelerators and on CPUs whose bf16
-    matmuls measure faster than fp32 (AVX512-BF16, AMX); decided once per process."""
-    if jax.default_backend() != "cpu":
-        choice, why = "bfloat16", f"{jax.default_backend()} computes in bf16"
+    """bf16 or fp32, whichever runs a frozen model's forward faster where it runs (what
+    ReferenceConfig.dtype = 'auto' means) on the target platform (`target_platform`): bf16
+    on accelerators and on CPUs whose bf16 matmuls measure faster than fp32 (AVX512-BF16,
+    AMX); decided (a CPU timed) once per process and platform."""
+    return _fastest_forward_dtype(target_platform())
+
+
+@functools.cache
+def _fastest_forward_dtype(platform: str) -> str:
+    if platform != "cpu":
+        choice, why = "bfloat16", f"{platform} computes in bf16"
     else:
         bf16, fp32 = _forward_matmul_seconds(jnp.bfloat16), _forward_matmul_seconds(jnp.float32)
         choice = "bfloat16" if bf16 < 0.9 * fp32 else "float32"

@@ -22,7 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "gin/demo.gin"
 USAGE = ("usage: python -m slm_jax.main [--gin_file=FILE.gin ...] [--gin.NAME=VALUE ...]\n"
          "  Gin files and bindings apply in order (the later wins); run.job picks the job:\n"
-         "  train, score, demo, experiment, bench, analyze, eval (default: the demo).\n"
+         "  train, score, demo, experiment, bench, analyze, eval, compile (default: the demo).\n"
          "  e.g. python -m slm_jax.main --gin_file=gin/demo.gin --gin.train.num_steps=50")
 
 
@@ -117,7 +117,17 @@ def parse_config(files: list[str], bindings: list[str]):
         if renamed:
             raise UsageError(renamed) from e
         raise
+    if _bound_job() == "compile":   # it reads no paths: the run file's required ones may stay
+        from slm_jax.jobs import compile as compile_job
+        compile_job.fill_required_macros()
     gin.finalize()
+
+
+def _bound_job() -> str | None:
+    try:
+        return gin.query_parameter("run.job")
+    except ValueError:
+        return None
 
 
 def _unreadable_gin(files: list[str], bindings: list[str], err: tokenize.TokenError) -> str:

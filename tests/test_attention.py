@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from slm_jax import hardware
 from slm_jax import model as model_lib
 from slm_jax.model import attention
 
@@ -127,6 +128,6 @@ def test_auto_attention_picks_by_backend_and_length(monkeypatch):
     for backend, length, expected in [("tpu", 2048, "splash"), ("tpu", 100, "xla"),
                                       ("gpu", 100, "dot_product_attention"),
                                       ("cpu", 2048, "xla")]:
-        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        monkeypatch.setattr(hardware, "target_platform", lambda: backend)
         assert attention.resolve_attention(auto, length) == expected, (backend, length)
     assert attention.resolve_attention(TINY, 2048) == "xla"  # named backends are kept

@@ -25,11 +25,33 @@ def test_matmul_seconds_is_a_positive_best_time():
     ("gpu", 9.0, 1.0, "bfloat16"),    # accelerators always compute in bf16
 ])
 def test_auto_picks_bf16_only_where_it_is_faster(monkeypatch, backend, bf16_s, fp32_s, want):
-    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(hardware, "target_platform", lambda: backend)
     monkeypatch.setattr(hardware, "_forward_matmul_seconds",
                         lambda dtype: bf16_s if dtype == jnp.bfloat16 else fp32_s)
-    hardware.fastest_forward_dtype.cache_clear()
+    hardware._fastest_forward_dtype.cache_clear()
     try:
         assert hardware.fastest_forward_dtype() == want
     finally:
-        hardware.fastest_forward_dtype.cache_clear()
+        hardware._fastest_forward_dtype.cache_clear()
+
+
+def test_the_target_platform_is_the_meshs_not_the_process_default():
+    from jax.experimental import topologies
+    tpu = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2").devices
+    assert hardware.target_platform() == "cpu"
+    with jax.set_mesh(jax.make_mesh((4,), ("x",), devices=tpu)):
+        assert hardware.target_device() == ("tpu", "TPU v5 lite")
+        traced = []
+        jax.jit(lambda: traced.append(hardware.target_platform())).trace()
+        assert traced == ["tpu"]     # what the model's kernel choices see while tracing
+        # a TPU compile needs bf16 references without timing this CPU
+        assert hardware.fastest_forward_dtype() == "bfloat16"
+    assert hardware.target_platform() == "cpu"
+
+
+@pytest.mark.parametrize("kind, peak, hbm_gib", [
+    ("TPU v5", 459e12, 95), ("TPU v5 lite", 197e12, 16), ("TPU v6 lite", 918e12, 32),
+    ("TPU v4", 275e12, 32), ("NVIDIA H100 80GB HBM3", 989e12, 80), ("TPU v7x", None, None)])
+def test_spec_tables_are_keyed_by_the_device_kinds_the_runtimes_report(kind, peak, hbm_gib):
+    assert hardware.spec_peak_flops(kind) == peak
+    assert hardware.spec_hbm_bytes(kind) == (hbm_gib and hbm_gib * 2**30)

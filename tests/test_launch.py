@@ -163,12 +163,39 @@ def test_v4_setup_copies_the_checkout_and_pins_jax_tpu():
     assert ssh[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tpu-a"]
     assert "--worker=all" in ssh and "--zone=us-central2-b" in ssh
     command = remote_command(ssh)
-    assert "pip install --quiet -r ~/slm-jax/requirements.txt" in command
     words = bash_words(command.split(" && ")[-1])
-    assert words == [os.path.expanduser("~/slm-jax-venv/bin/pip"), "install", "--quiet",
-                     f"jax[tpu]=={pinned_jax()}", "-f", tpu_vm.LIBTPU_FIND_LINKS]
-    assert command.index("requirements.txt") < command.index("jax[tpu]")
+    assert words == [os.path.expanduser("~/slm-jax-venv/bin/pip"), "install", "--quiet", "-r",
+                     os.path.expanduser("~/slm-jax/requirements-tpu.txt")]
     subprocess.run(["bash", "-n", "-c", command], check=True)
+
+
+def test_tpu_requirements_pin_jax_tpu_at_the_projects_jax():
+    text = (REPO / "requirements-tpu.txt").read_text()
+    assert "-r requirements.txt" in text.splitlines()
+    assert re.search(r"^jax\[tpu\]==(\S+)$", text, re.M).group(1) == pinned_jax()
+
+
+@pytest.mark.parametrize("accelerator_type, topology", [
+    ("v5p-128", "v5p:4x4x4"), ("v4-32", "v4:2x2x4"), ("v5litepod-16", "v5e:4x4"),
+    ("v6e-256", "v6e:16x16"), ("v5p-8", "v5p:2x2x1")])
+def test_check_compiles_the_run_for_the_slices_topology(accelerator_type, topology):
+    [command] = dry_run("tpu_vm.py", "check", "--accelerator_type", accelerator_type,
+                        "--num_slices", "2", "--dry_run", "--", *GIN_FLAGS)
+    assert command[command.index("-m"):command.index("-m") + 2] == ["-m", "slm_jax.main"]
+    assert command[-4:] == ["--gin.MeshConfig.num_slices=2", "--gin.run.job=compile",
+                            f"--gin.compile.topology={topology}", "--gin.compile.count_flops=False"]
+
+
+def test_create_and_run_compile_for_the_slice_first_unless_told_not_to():
+    v4_8 = [*V4, "--accelerator_type", "v4-8"]
+    check, *create = dry_run("tpu_vm.py", "create", *v4_8, "--dry_run", "--", *GIN_FLAGS)
+    assert "--gin.run.job=compile" in check and "--gin.compile.topology=v4:2x2x1" in check
+    assert create[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+    plan = dry_run("tpu_vm.py", "create", *v4_8, "--skip_check", "--dry_run", "--", *GIN_FLAGS)
+    assert not any("--gin.run.job=compile" in step for step in plan)
+    check, ssh = dry_run("tpu_vm.py", "run", *v4_8, "--dry_run", "--", *GIN_FLAGS)
+    assert "--gin.compile.topology=v4:2x2x1" in check and ssh[:5] == [
+        "gcloud", "compute", "tpus", "tpu-vm", "ssh"]
 
 
 def test_setup_from_git_clones_on_every_worker():
@@ -239,7 +266,7 @@ def test_non_gin_flags_after_double_dash_are_rejected():
                     check=False)
     assert result.returncode == 2 and "'--steps=3' is not a gin flag" in result.stderr
     result = launch("tpu_vm.py", "logs", *V4, "--dry_run", "--", "--gin.a=1", check=False)
-    assert result.returncode == 2 and "only `run`" in result.stderr
+    assert result.returncode == 2 and "only check, create and run" in result.stderr
 
 
 # --- v5p-128: a spot queued resource, 16 hosts ------------------------------------------------
@@ -293,7 +320,7 @@ def test_multislice_setup_and_stop_reach_every_worker_of_every_slice():
     assert scp[-2:] == ["--node=all", "--worker=all"]
     assert ssh[3:6] == ["queued-resources", "ssh", "pod"]
     assert "--node=all" in ssh and "--worker=all" in ssh
-    assert "requirements.txt" in remote_command(ssh)
+    assert "requirements-tpu.txt" in remote_command(ssh)
     [stop] = dry_run("tpu_vm.py", "stop", *MULTI, "--dry_run")
     assert stop[3:5] == ["queued-resources", "ssh"] and "--node=all" in stop
     [logs] = dry_run("tpu_vm.py", "logs", *MULTI, "--slice", "1", "--dry_run")

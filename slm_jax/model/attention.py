@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from slm_jax import hardware
 from slm_jax.model.config import ACT_BATCH, ACT_HEADS, ModelConfig
 
 
@@ -155,12 +156,12 @@ def attention_mask(segment_ids_BT: jax.Array) -> jax.Array:
 
 def resolve_attention(config: ModelConfig, length: int) -> str:
     """The backend `config.attention` names for sequences of `length`; "auto" picks by
-    the default JAX backend: cuDNN on GPU, splash on TPU when `length` is a multiple of
-    its 128 block (else xla), xla on CPU.
+    the platform the program is built for (the mesh's devices): cuDNN on GPU, splash on TPU
+    when `length` is a multiple of its 128 block (else xla), xla on CPU.
     """
     if config.attention != "auto":
         return config.attention
-    backend = jax.default_backend()
+    backend = hardware.target_platform()
     if backend == "gpu":
         return "dot_product_attention"
     if backend == "tpu" and length % SPLASH_BLOCK == 0:
@@ -170,7 +171,7 @@ def resolve_attention(config: ModelConfig, length: int) -> str:
 
 def cpu_low_precision(x) -> bool:
     """Whether a matmul on `x` should ask for an fp32 result (see decoder.project)."""
-    return x.dtype != jnp.float32 and jax.default_backend() == "cpu"
+    return x.dtype != jnp.float32 and hardware.target_platform() == "cpu"
 
 
 def masked_attention(q_BTHK, k_BSNK, v_BSNK, mask_BTS):
@@ -202,7 +203,7 @@ def dot_product_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT):
     the XLA implementation gets the full causal-and-segment mask.
     """
     same_segment_B1TS = (segment_ids_BT[:, :, None] == segment_ids_BT[:, None, :])[:, None]
-    if jax.default_backend() == "gpu" and q_BTHK.dtype in (jnp.bfloat16, jnp.float16):
+    if hardware.target_platform() == "gpu" and q_BTHK.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return jax.nn.dot_product_attention(q_BTHK, k_BSNK, v_BSNK, mask=same_segment_B1TS,
                                                 is_causal=True, implementation="cudnn")
@@ -224,9 +225,10 @@ def splash_attention(q_BTHK, k_BSNK, v_BSNK, segment_ids_BT, interpret: bool = F
     active logical rules give the activations). `interpret=True` runs the same kernel
     through the Pallas interpreter on any backend: how the tests check it on CPU.
     """
-    if jax.default_backend() != "tpu" and not interpret:
+    platform = hardware.target_platform()
+    if platform != "tpu" and not interpret:
         raise ValueError(f"ModelConfig.attention='splash' needs a TPU (Pallas TPU kernels), but "
-                         f"the JAX backend is {jax.default_backend()!r}; set "
+                         f"the program is built for {platform!r} devices; set "
                          "ModelConfig.attention to 'auto', 'xla' or 'dot_product_attention'")
     from jax.experimental.pallas.ops.tpu import splash_attention as splash
 

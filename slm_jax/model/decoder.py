@@ -14,6 +14,8 @@ row, so left- and right-padded prompts both work (see slm_jax/model/generate.py)
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 
 import flax.linen as nn
@@ -354,7 +356,10 @@ def logits(params, config: ModelConfig, tokens_BT, positions_BT=None,
 
 def _boxed_init(config: ModelConfig, rng):
     tokens_BT = jnp.zeros(_DUMMY_TOKENS_SHAPE, dtype=jnp.int32)
-    return Decoder(config).init(rng, tokens_BT)["params"]
+    # Params do not depend on the attention kernel, and splash could not run on the dummy
+    # tokens (8 is no multiple of its block, 1 row does not split over the fsdp axis).
+    init_config = dataclasses.replace(config, attention="xla")
+    return Decoder(init_config).init(rng, tokens_BT)["params"]
 
 
 def init_params(config: ModelConfig, rng):
