@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import pytest
 
 from slm_jax import hardware
+from slm_jax.parallel import topology
 
 
 def test_device_peak_is_measured_once_on_cpu_and_memory_is_reported():
@@ -36,8 +37,7 @@ def test_auto_picks_bf16_only_where_it_is_faster(monkeypatch, backend, bf16_s, f
 
 
 def test_the_target_platform_is_the_meshs_not_the_process_default():
-    from jax.experimental import topologies
-    tpu = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2").devices
+    tpu = topology.tpu_devices("v5e:2x2")
     assert hardware.target_platform() == "cpu"
     with jax.set_mesh(jax.make_mesh((4,), ("x",), devices=tpu)):
         assert hardware.target_device() == ("tpu", "TPU v5 lite")

@@ -23,6 +23,8 @@ import json
 import os
 
 import gin
+import jax
+import numpy as np
 
 from slm_jax import console
 from slm_jax import model as model_lib
@@ -166,15 +168,23 @@ def table(rows: list[dict]) -> str:
             f"{'FLOPs cmp/ana':>13} {'est step s':>10} {'MFU bound':>9}  kernels")
     lines = [head]
     for r in rows:
-        hbm = r.get("hbm", {})
+        hbm = r.get("hbm") or {"total": r.get("needed"), "capacity": r.get("capacity")}
+        total = _gib(hbm.get("total")) + ("" if r.get("fits") else " NO FIT")
         f = r.get("flops") or {}
         lines.append(
-            f"{r['program']:<17} {_gib(hbm.get('total')):>13} {_gib(hbm.get('capacity')):>6} "
+            f"{r['program']:<17} {total:>13} {_gib(hbm.get('capacity')):>6} "
             f"{_gib(hbm.get('headroom')):>9} {r.get('compile_s', '-'):>9} "
             f"{f.get('compiler_vs_analytic', '-'):>13} "
             f"{('%.4g' % r['est_step_s']) if r.get('est_step_s') else '-':>10} "
             f"{r.get('mfu_bound') or '-':>9}  {_kernels(r)}")
     return "\n".join(lines)
+
+
+_SMALLER_BATCH = {
+    "score_step": "lower the score job's batch (DataConfig.global_batch_size of the score run)",
+    "eval_step": "lower train.eval_data's global_batch_size",
+    "generate_prefill": "lower FewShotEvalConfig.batch_size (or HarnessEval.batch_size)",
+    "generate_decode": "lower FewShotEvalConfig.batch_size (or HarnessEval.batch_size)"}
 
 
 def advice(row: dict, run: RunConfigs, runtime: Runtime) -> str:
@@ -183,14 +193,22 @@ def advice(row: dict, run: RunConfigs, runtime: Runtime) -> str:
     if row.get("needed") and row.get("capacity"):
         over = (f" ({_gib(row['needed'])} GiB needed of {_gib(row['capacity'])} GiB, "
                 f"{_gib(row['needed'] - row['capacity'])} GiB over)")
-    micro = run.data.global_batch_size // run.grad_accum
-    fixes = [f"raise train.grad_accum (now {run.grad_accum}: {micro // runtime.data_parallel_size}"
-             " sequences per chip per micro-batch)"]
-    if run.model.remat != "full":
-        fixes.append(f"set ModelConfig.remat='full' (now {run.model.remat!r})")
-    fixes.append(f"change MeshConfig.fsdp/MeshConfig.tensor (now {dict(runtime.mesh.shape)})")
-    if run.selection.mode == "slm" and run.reference.resolved_dtype != "bfloat16":
-        fixes.append("set ReferenceConfig.dtype='bfloat16'")
+    fixes = []
+    state = row.get("argument_bytes")
+    if state and row.get("capacity") and state > 0.8 * row["capacity"]:
+        fixes.append(f"its params and optimizer state alone take {_gib(state)} GiB a chip: "
+                     "compile for a larger topology (more chips to shard over)")
+    if row["program"] == "train_step":
+        micro = run.data.global_batch_size // run.grad_accum
+        fixes.append(f"raise train.grad_accum (now {run.grad_accum}: "
+                     f"{micro // runtime.data_parallel_size} sequences a chip per micro-batch)")
+        if run.model.remat != "full":
+            fixes.append(f"set ModelConfig.remat='full' (now {run.model.remat!r})")
+        if run.selection.mode == "slm" and run.reference.resolved_dtype != "bfloat16":
+            fixes.append("set ReferenceConfig.dtype='bfloat16'")
+    else:
+        fixes.append(_SMALLER_BATCH[row["program"]])
+    fixes.append(f"change MeshConfig.fsdp (or MeshConfig.tensor; now {dict(runtime.mesh.shape)})")
     return (f"{row['program']} does not fit in the HBM of a {row['device_kind']} chip{over}: "
             + "; or ".join(fixes) + "; --gin.compile.search=True finds the cheapest that fits")
 
@@ -201,7 +219,17 @@ def _measure(spec, run, runtime, count_flops) -> dict:
         return fit.measure(spec, run.model, ref, runtime, count_flops=count_flops)
     except fit.DoesNotFit as e:
         return {"program": spec.name, "fits": False, "needed": e.needed, "capacity": e.capacity,
+                "argument_bytes": _argument_bytes(spec.build(run.model, ref)),
                 "device_kind": runtime.mesh.devices.flat[0].device_kind, "error": str(e)}
+
+
+def _argument_bytes(program) -> int:
+    """Bytes a chip holds of the program's arguments (its shard of each)."""
+    total = 0
+    for a in jax.tree.leaves(program.args):
+        shard = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
+        total += int(np.prod(shard, dtype=np.int64)) * getattr(a.dtype, "itemsize", 8)
+    return total
 
 
 def search_fit(run: RunConfigs, runtime: Runtime) -> list[dict]:

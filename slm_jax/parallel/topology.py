@@ -10,6 +10,7 @@ Needs libtpu (`pip install -r requirements-tpu.txt`); nothing runs on the device
 
 from __future__ import annotations
 
+import os
 import re
 
 import jax
@@ -34,6 +35,9 @@ def tpu_devices(name: str, num_slices: int = 1, *, binding: str = "compile.topol
     except ImportError as e:
         raise ValueError(f"{binding}={name!r} needs the TPU compiler (libtpu): run "
                          "`pip install -r requirements-tpu.txt`.") from e
+    # libtpu admits one process per host (a lock file) to guard the chips; describing a
+    # topology touches none, so a compile may run beside another JAX process or compile.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     kwargs = {"chip_config_name": "megacore"} if name.split(":")[0] in _MEGACORE else {}
     try:
         description = topologies.get_topology_desc(platform="tpu", topology_name=name,

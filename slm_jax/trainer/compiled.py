@@ -25,6 +25,9 @@ _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\(")
 _CALLED = re.compile(r"(body|condition|calls|to_apply|branch_computations|called_computations)"
                      r"=\{?((?:%[\w.\-]+(?:, )?)+)\}?")
 _BOUND = re.compile(r"constant\((\d+)\)")
+# A multislice program is one slice's; what crosses slices (over the data-center network)
+# leaves through sends to the megascale runtime, tagged with the collective they make up.
+_CROSS_SLICE = re.compile(r'_xla_megascale_transfer_type="(\w+)"')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,8 @@ def _executions(computations: dict[str, list[str]], entry: str) -> dict[str, int
 def collectives(hlo_text: str) -> dict[str, dict]:
     """{kind: {"count", "bytes"}} of the collectives a program runs per execution, loop
     bodies counted once per trip. Bytes are the result's (for an all-gather the gathered
-    array, for a reduce-scatter the scattered shard)."""
+    array, for a reduce-scatter the scattered shard). Those crossing slices are counted
+    apart as "dcn-all-reduce" etc. (what each chip sends to other slices)."""
     computations, entry = _computations(hlo_text)
     runs = _executions(computations, entry)
     found: dict[str, dict] = {}
@@ -122,7 +126,10 @@ def collectives(hlo_text: str) -> dict[str, dict]:
             if not match:
                 continue
             op = match.group(3).removesuffix("-start")
-            if op not in COLLECTIVES:
+            cross = _CROSS_SLICE.search(line) if op == "send" else None
+            if cross:
+                op = "dcn-" + cross.group(1).lower().replace("_", "-")
+            elif op not in COLLECTIVES:
                 continue
             times = runs.get(name, 0)
             if times:

@@ -19,8 +19,10 @@ import jax
 from slm_jax import hardware
 from slm_jax.trainer import compiled as compiled_lib
 
-_NEEDED = re.compile(r"(?:Used|used|needs?|requires?)\s+([\d.]+)([KMGT])i?B?\s+of\s+([\d.]+)"
-                     r"([KMGT])i?B?", re.I)
+# The TPU compiler's two ways of saying so: "the total memory required for HLO temporaries
+# (22.55G) exceeds available HBM (15.75G)" and "Used 20.5G of 15.75G hbm".
+_NEEDED = re.compile(r"required[^(]*\(([\d.]+)([KMGT])\) exceeds available HBM \(([\d.]+)([KMGT])\)"
+                     r"|Used ([\d.]+)([KMGT]) of ([\d.]+)([KMGT]) hbm", re.I)
 _UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
@@ -60,8 +62,9 @@ def _compile(program, runtime):
         match = _NEEDED.search(text)
         needed = capacity = None
         if match:
-            needed = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-            capacity = int(float(match.group(3)) * _UNITS[match.group(4).upper()])
+            groups = [g for g in match.groups() if g is not None]
+            needed = int(float(groups[0]) * _UNITS[groups[1].upper()])
+            capacity = int(float(groups[2]) * _UNITS[groups[3].upper()])
         raise DoesNotFit(text.split("\n")[0][:400], needed, capacity) from e
 
 
