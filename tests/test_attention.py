@@ -131,3 +131,16 @@ def test_auto_attention_picks_by_backend_and_length(monkeypatch):
         monkeypatch.setattr(hardware, "target_platform", lambda: backend)
         assert attention.resolve_attention(auto, length) == expected, (backend, length)
     assert attention.resolve_attention(TINY, 2048) == "xla"  # named backends are kept
+
+
+def test_a_splash_model_initialises_on_any_mesh():
+    """Params do not depend on the kernel: init never runs splash (whose block and fsdp split
+    the init's 1 x 8 dummy tokens could not meet), on CPU or under a sharded mesh."""
+    from slm_jax.parallel import sharding
+    config = dataclasses.replace(TINY, attention="splash")
+    mesh_config = sharding.MeshConfig(data=1, fsdp=-1)
+    mesh = sharding.make_mesh(mesh_config)
+    with sharding.activation_sharding(mesh, mesh_config.rules):
+        params = model_lib.init_params(config, jax.random.key(0))
+    want = model_lib.init_params(TINY, jax.random.key(0))
+    jax.tree.map(np.testing.assert_array_equal, params, want)
