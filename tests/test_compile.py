@@ -125,35 +125,6 @@ def test_two_slices_reduce_gradients_across_the_data_center_network():
     assert "dcn-all-reduce" not in collectives.get("all-reduce", {})
 
 
-def test_loop_bodies_count_once_per_trip():
-    hlo = """HloModule m
-
-%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
-  %ag = f32[8]{0} all-gather(%x), replica_groups={{0,1}}, dimensions={0}
-}
-
-%cond (p: (s32[], f32[8])) -> pred[] {
-  %n = s32[] constant(22)
-  ROOT %lt = pred[] compare(%i, %n), direction=LT
-}
-
-ENTRY %main (a: f32[8]) -> f32[8] {
-  %w = (s32[], f32[8]) while(%t), condition=%cond, body=%body
-  %ar = bf16[4,4]{1,0} all-reduce(%a), replica_groups={{0,1}}, to_apply=%add
-}
-"""
-    assert compiled.collectives(hlo) == {"all-gather": {"count": 22, "bytes": 22 * 32},
-                                         "all-reduce": {"count": 1, "bytes": 32}}
-
-
-@pytest.mark.parametrize("name, says", [
-    ("v9:2x2", "not a TPU topology"), ("v5e:3x3", "libtpu does not know this topology"),
-    ("garbage", "not a TPU topology")])
-def test_a_topology_libtpu_does_not_know_is_one_clear_error(name, says):
-    with pytest.raises(ValueError, match=says):
-        topology.tpu_devices(name)
-
-
 def test_an_oversized_run_exits_nonzero_with_what_to_change(tmp_path):
     """Through the command line: a run file with required path macros left unset, a model
     several GB a chip too big for v5e:2x2; libtpu's start-up lines go to log.txt, not the console."""

@@ -16,7 +16,7 @@ def fresh_gin():
 
 def test_every_job_and_config_is_configurable():
     assert set(registry.JOBS) == {"train", "score", "demo", "experiment", "bench", "analyze",
-                                  "eval"}
+                                  "eval", "compile"}
     bindings = "\n".join(f"run.job = '{job}'" for job in registry.JOBS) + """
 ReferenceConfig.dtype = 'float32'
 ModelConfig.d_model = 64
@@ -27,6 +27,7 @@ MeshConfig.data = -1
 CheckpointConfig.keep = 1
 HeldOutLossEval.num_batches = 2
 FewShotEvalConfig.num_problems = 2
+compile.topology = 'v5e:2x2'
 initialize_distributed.num_processes = 1
 """
     gin.parse_config(bindings)  # an unknown name would raise

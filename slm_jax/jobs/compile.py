@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 
 import gin
@@ -215,9 +216,13 @@ def advice(row: dict, run: RunConfigs, runtime: Runtime) -> str:
 
 def _measure(spec, run, runtime, count_flops) -> dict:
     ref = run.reference.forward_config(run.model) if run.selection.selects else None
+    logging.info("compiling %s for %d %s chips (remat %s, grad_accum %d)%s", spec.name,
+                 runtime.mesh.size, runtime.mesh.devices.flat[0].device_kind, run.model.remat,
+                 run.grad_accum, " and its 1- and 2-layer twins" if count_flops else "")
     try:
         return fit.measure(spec, run.model, ref, runtime, count_flops=count_flops)
     except fit.DoesNotFit as e:
+        logging.info("%s does not fit: %s", spec.name, e)
         return {"program": spec.name, "fits": False, "needed": e.needed, "capacity": e.capacity,
                 "argument_bytes": _argument_bytes(spec.build(run.model, ref)),
                 "device_kind": runtime.mesh.devices.flat[0].device_kind, "error": str(e)}
