@@ -18,14 +18,10 @@ finds the smallest `train.grad_accum` and the cheapest remat policy that fit.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import os
 
 import gin
-import jax
-import numpy as np
 
 from slm_jax import console
 from slm_jax import model as model_lib
@@ -35,10 +31,10 @@ from slm_jax.model import attention
 from slm_jax.parallel import sharding
 from slm_jax.parallel import topology as topology_lib
 from slm_jax.parallel.runtime import Runtime
-from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from slm_jax.slm.optim import OptimizerConfig
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
-from slm_jax.trainer import checks, fit, flops, programs
+from slm_jax.trainer import checks, fit, programs
 
 UNREAD = "<not read by compile>"
 
@@ -54,37 +50,23 @@ def fill_required_macros() -> list[str]:
     return names
 
 
-@dataclasses.dataclass(frozen=True)
-class RunConfigs:
-    """What the run's `train` job would be called with, as far as its programs go."""
-
-    model: model_lib.ModelConfig
-    data: pipeline.DataConfig
-    selection: SelectionConfig
-    optimizer: OptimizerConfig
-    reference: ReferenceConfig
-    mesh: sharding.MeshConfig
-    num_steps: int
-    grad_accum: int
-    scored: bool
-    eval_data: pipeline.DataConfig | None
-    generation: programs.GenerationShape | None
-
-    @classmethod
-    def of_train_job(cls) -> "RunConfigs":
-        bound = gin.get_bindings("train")
-        evals = [bound.get("few_shot_eval")] + list(bound.get("evals", ()))
-        return cls(model=bound.get("model") or model_lib.ModelConfig(),
-                   data=bound.get("data") or pipeline.DataConfig(file_pattern=UNREAD,
-                                                                 vocab_path=UNREAD),
-                   selection=bound.get("selection") or SelectionConfig(),
-                   optimizer=bound.get("optimizer") or OptimizerConfig(),
-                   reference=bound.get("reference") or ReferenceConfig(),
-                   mesh=bound.get("mesh") or sharding.MeshConfig(),
-                   num_steps=bound.get("num_steps", 1000), grad_accum=bound.get("grad_accum", 1),
-                   scored=bool(bound.get("scored_data")), eval_data=bound.get("eval_data"),
-                   generation=_generation_shape(evals, bound.get("model")
-                                                or model_lib.ModelConfig()))
+def run_configs_of_train_job() -> fit.RunConfigs:
+    """What the run's `train` job would be called with (its gin bindings), as far as its
+    programs go."""
+    bound = gin.get_bindings("train")
+    evals = [bound.get("few_shot_eval")] + list(bound.get("evals", ()))
+    return fit.RunConfigs(model=bound.get("model") or model_lib.ModelConfig(),
+                          data=bound.get("data") or pipeline.DataConfig(file_pattern=UNREAD,
+                                                                        vocab_path=UNREAD),
+                          selection=bound.get("selection") or SelectionConfig(),
+                          optimizer=bound.get("optimizer") or OptimizerConfig(),
+                          reference=bound.get("reference") or ReferenceConfig(),
+                          mesh=bound.get("mesh") or sharding.MeshConfig(),
+                          num_steps=bound.get("num_steps", 1000),
+                          grad_accum=bound.get("grad_accum", 1),
+                          scored=bool(bound.get("scored_data")), eval_data=bound.get("eval_data"),
+                          generation=_generation_shape(evals, bound.get("model")
+                                                       or model_lib.ModelConfig()))
 
 
 def _generation_shape(evals, model) -> programs.GenerationShape | None:
@@ -98,59 +80,6 @@ def _generation_shape(evals, model) -> programs.GenerationShape | None:
         return None
     batch, new = max(shapes)
     return programs.GenerationShape(batch, model.max_seq_len - new, new)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
-def program_specs(run: RunConfigs, runtime: Runtime) -> list[fit.ProgramSpec]:
-    """The programs the run executes, each buildable for any layer count (fit.ProgramSpec).
-    Call inside runtime.activate(): kernels and the reference's dtype follow the mesh."""
-    chips, data = runtime.mesh.size, run.data
-    tokens, length = data.global_batch_size * data.seq_len, data.seq_len
-    online = run.selection.mode == "slm"
-    ref_forward = run.reference.forward_config(run.model) if run.selection.selects else None
-    kernel = lambda config: attention.resolve_attention(config, length)  # noqa: E731
-    tx, schedule = make_optimizer(run.optimizer, run.num_steps)
-
-    def train(batch, accum):
-        return lambda s, r: programs.train_program(
-            runtime, s, run.selection, tx, schedule, batch_size=batch, seq_len=length,
-            grad_accum=accum, reference=r if online else None, scored=run.scored)
-
-    def train_flops(s, r, only_pallas=False):
-        r = r if online else None
-        return flops.train_program_flops(s, length, kernel(s), r, r and kernel(r),
-                                         only_pallas) * tokens / chips
-
-    specs = [fit.ProgramSpec(
-        "train_step", train(data.global_batch_size, run.grad_accum), train_flops,
-        flops.slm_step_flops_per_token(run.model, ref_forward if online else None, length)
-        * tokens / chips, twin_build=train(data.global_batch_size // run.grad_accum, 1),
-        times=run.grad_accum)]
-    if ref_forward is not None:
-        specs.append(fit.ProgramSpec(
-            "score_step", lambda s, r: programs.score_program(
-                runtime, r, batch_size=data.global_batch_size, seq_len=length),
-            lambda s, r, only_pallas=False: flops.forward_program_flops(
-                r, length, kernel(r), only_pallas) * tokens / chips,
-            flops.forward_flops_per_token(ref_forward, length) * tokens / chips))
-    if run.eval_data is not None:
-        batch, seq = run.eval_data.global_batch_size, run.eval_data.seq_len
-        specs.append(fit.ProgramSpec(
-            "eval_step", lambda s, r: programs.eval_program(runtime, s, batch_size=batch,
-                                                            seq_len=seq),
-            lambda s, r, only_pallas=False: flops.forward_program_flops(
-                s, seq, attention.resolve_attention(s, seq), only_pallas) * batch * seq / chips,
-            flops.forward_flops_per_token(run.model, seq) * batch * seq / chips))
-    if run.generation is not None:
-        shape = dataclasses.replace(run.generation, batch_size=_round_up(
-            run.generation.batch_size, runtime.data_parallel_size))
-        for i, name in enumerate(("generate_prefill", "generate_decode")):
-            specs.append(fit.ProgramSpec(name, lambda s, r, i=i: programs.generation_programs(
-                runtime, s, shape)[i]))
-    return specs
 
 
 def _gib(n) -> str:
@@ -188,7 +117,7 @@ _SMALLER_BATCH = {
     "generate_decode": "lower FewShotEvalConfig.batch_size (or HarnessEval.batch_size)"}
 
 
-def advice(row: dict, run: RunConfigs, runtime: Runtime) -> str:
+def advice(row: dict, run: fit.RunConfigs, runtime: Runtime) -> str:
     """What to change for a program that does not fit, as gin bindings."""
     over = ""
     if row.get("needed") and row.get("capacity"):
@@ -214,67 +143,6 @@ def advice(row: dict, run: RunConfigs, runtime: Runtime) -> str:
             + "; or ".join(fixes) + "; --gin.compile.search=True finds the cheapest that fits")
 
 
-def _measure(spec, run, runtime, count_flops) -> dict:
-    ref = run.reference.forward_config(run.model) if run.selection.selects else None
-    logging.info("compiling %s for %d %s chips (remat %s, grad_accum %d)%s", spec.name,
-                 runtime.mesh.size, runtime.mesh.devices.flat[0].device_kind, run.model.remat,
-                 run.grad_accum, " and its 1- and 2-layer twins" if count_flops else "")
-    try:
-        return fit.measure(spec, run.model, ref, runtime, count_flops=count_flops)
-    except fit.DoesNotFit as e:
-        logging.info("%s does not fit: %s", spec.name, e)
-        return {"program": spec.name, "fits": False, "needed": e.needed, "capacity": e.capacity,
-                "argument_bytes": _argument_bytes(spec.build(run.model, ref)),
-                "device_kind": runtime.mesh.devices.flat[0].device_kind, "error": str(e)}
-
-
-def _argument_bytes(program) -> int:
-    """Bytes a chip holds of the program's arguments (its shard of each)."""
-    total = 0
-    for a in jax.tree.leaves(program.args):
-        shard = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
-        total += int(np.prod(shard, dtype=np.int64)) * getattr(a.dtype, "itemsize", 8)
-    return total
-
-
-def search_fit(run: RunConfigs, runtime: Runtime) -> list[dict]:
-    """For each remat policy, the smallest grad_accum whose train step fits (bisection over
-    the divisors that keep micro-batches whole per chip), with its estimated step time."""
-    dp, batch = runtime.data_parallel_size, run.data.global_batch_size
-    accums = [g for g in range(1, batch + 1) if batch % g == 0 and (batch // g) % dp == 0]
-    found = []
-    for remat in ("none", "dots", "full"):
-        trial = dataclasses.replace(run, model=dataclasses.replace(run.model, remat=remat))
-
-        def row_for(g):
-            candidate = dataclasses.replace(trial, grad_accum=g)
-            return _measure(program_specs(candidate, runtime)[0], candidate, runtime, False)
-
-        lo, hi, best = 0, len(accums) - 1, None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            row = row_for(accums[mid])
-            if row["fits"]:
-                best, hi = (accums[mid], row), mid - 1
-            else:
-                lo = mid + 1
-        if best is None:
-            found.append({"remat": remat, "fits": False})
-            continue
-        g, row = best
-        candidate = dataclasses.replace(trial, grad_accum=g)
-        ref = candidate.reference.forward_config(candidate.model) \
-            if candidate.selection.selects else None
-        spec = program_specs(candidate, runtime)[0]
-        seconds = fit.scaled_cost(spec, candidate.model, ref, runtime)["seconds"]
-        found.append({"remat": remat, "grad_accum": g, "fits": True,
-                      "hbm_total": row["hbm"]["total"], "est_step_s": seconds})
-    fastest = min((f for f in found if f["fits"]), key=lambda f: f["est_step_s"], default=None)
-    for f in found:
-        f["fastest"] = f is fastest
-    return found
-
-
 @gin.configurable("compile")
 def compile_run(topology: str = gin.REQUIRED, search: bool = False,
                 count_flops: bool = True, out_dir: str | None = None) -> list[dict]:
@@ -285,21 +153,21 @@ def compile_run(topology: str = gin.REQUIRED, search: bool = False,
       time, MFU bound); False reports memory, collectives and kernels only.
     out_dir: where compile.jsonl and log.txt (libtpu's start-up lines among them) go.
     """
-    run = RunConfigs.of_train_job()
+    run = run_configs_of_train_job()
     devices = topology_lib.tpu_devices(topology, run.mesh.num_slices)
     runtime = Runtime.from_config(run.mesh, devices)
     checks.check_batch(run.data, runtime, run.grad_accum, grad_accum_binding="train.grad_accum")
     log_path = os.path.join(out_dir, "log.txt") if out_dir else os.devnull
     with console.log_file(log_path), runtime.activate():
-        rows = [_measure(spec, run, runtime, count_flops)
-                for spec in program_specs(run, runtime)]
+        rows = [fit.measure_program(spec, run, runtime, count_flops)
+                for spec in fit.program_specs(run, runtime)]
         for row in rows:
             row.update(topology=topology, num_slices=run.mesh.num_slices,
                        mesh=dict(runtime.mesh.shape),
                        attention=attention.resolve_attention(run.model, run.data.seq_len))
         if search:
             rows.append({"program": "search", "topology": topology,
-                         "candidates": search_fit(run, runtime)})
+                         "candidates": fit.search_fit(run, runtime)})
     lines = [json.dumps(row) for row in rows]
     print("\n".join(lines), flush=True)
     print(table([r for r in rows if r["program"] != "search"]), flush=True)

@@ -10,14 +10,24 @@ the run executes and the unrolled 1- and 2-layer twins that count its scanned lo
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from collections.abc import Callable
 
 import jax
+import numpy as np
 
 from slm_jax import hardware
+from slm_jax import model as model_lib
+from slm_jax.data import pipeline
+from slm_jax.model import attention
+from slm_jax.parallel import sharding
+from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.slm.selection import SelectionConfig
 from slm_jax.trainer import compiled as compiled_lib
+from slm_jax.trainer import flops, programs
 
 # The TPU compiler's two ways of saying so: "the total memory required for HLO temporaries
 # (22.55G) exceeds available HBM (15.75G)" and "Used 20.5G of 15.75G hbm".
@@ -129,3 +139,138 @@ def _flops(spec, student, reference, runtime, kernels, kind) -> dict:
             "est_step_s": seconds,
             "mfu_bound": (round(spec.model_flops / (seconds * peak), 3)
                           if seconds > 0 and peak and spec.model_flops else None)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfigs:
+    """What the run's `train` job would be called with, as far as its programs go."""
+
+    model: model_lib.ModelConfig
+    data: pipeline.DataConfig
+    selection: SelectionConfig
+    optimizer: OptimizerConfig
+    reference: ReferenceConfig
+    mesh: sharding.MeshConfig
+    num_steps: int
+    grad_accum: int
+    scored: bool
+    eval_data: pipeline.DataConfig | None
+    generation: programs.GenerationShape | None
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def program_specs(run: RunConfigs, runtime) -> list[ProgramSpec]:
+    """The programs the run executes, each buildable for any layer count (fit.ProgramSpec).
+    Call inside runtime.activate(): kernels and the reference's dtype follow the mesh."""
+    chips, data = runtime.mesh.size, run.data
+    tokens, length = data.global_batch_size * data.seq_len, data.seq_len
+    online = run.selection.mode == "slm"
+    ref_forward = run.reference.forward_config(run.model) if run.selection.selects else None
+    kernel = lambda config: attention.resolve_attention(config, length)  # noqa: E731
+    tx, schedule = make_optimizer(run.optimizer, run.num_steps)
+
+    def train(batch, accum):
+        return lambda s, r: programs.train_program(
+            runtime, s, run.selection, tx, schedule, batch_size=batch, seq_len=length,
+            grad_accum=accum, reference=r if online else None, scored=run.scored)
+
+    def train_flops(s, r, only_pallas=False):
+        r = r if online else None
+        return flops.train_program_flops(s, length, kernel(s), r, r and kernel(r),
+                                         only_pallas) * tokens / chips
+
+    specs = [ProgramSpec(
+        "train_step", train(data.global_batch_size, run.grad_accum), train_flops,
+        flops.slm_step_flops_per_token(run.model, ref_forward if online else None, length)
+        * tokens / chips, twin_build=train(data.global_batch_size // run.grad_accum, 1),
+        times=run.grad_accum)]
+    if ref_forward is not None:
+        specs.append(ProgramSpec(
+            "score_step", lambda s, r: programs.score_program(
+                runtime, r, batch_size=data.global_batch_size, seq_len=length),
+            lambda s, r, only_pallas=False: flops.forward_program_flops(
+                r, length, kernel(r), only_pallas) * tokens / chips,
+            flops.forward_flops_per_token(ref_forward, length) * tokens / chips))
+    if run.eval_data is not None:
+        batch, seq = run.eval_data.global_batch_size, run.eval_data.seq_len
+        specs.append(ProgramSpec(
+            "eval_step", lambda s, r: programs.eval_program(runtime, s, batch_size=batch,
+                                                            seq_len=seq),
+            lambda s, r, only_pallas=False: flops.forward_program_flops(
+                s, seq, attention.resolve_attention(s, seq), only_pallas) * batch * seq / chips,
+            flops.forward_flops_per_token(run.model, seq) * batch * seq / chips))
+    if run.generation is not None:
+        shape = dataclasses.replace(run.generation, batch_size=_round_up(
+            run.generation.batch_size, runtime.data_parallel_size))
+        for i, name in enumerate(("generate_prefill", "generate_decode")):
+            specs.append(ProgramSpec(name, lambda s, r, i=i: programs.generation_programs(
+                runtime, s, shape)[i]))
+    return specs
+
+
+def measure_program(spec: ProgramSpec, run: RunConfigs, runtime, count_flops: bool = True) -> dict:
+    """`measure` for the configs of a run; a program the compiler refuses for lack of HBM
+    is a row with fits False, the HBM it needed and the chip's."""
+    ref = run.reference.forward_config(run.model) if run.selection.selects else None
+    logging.info("compiling %s for %d %s chips (remat %s, grad_accum %d)%s", spec.name,
+                 runtime.mesh.size, runtime.mesh.devices.flat[0].device_kind, run.model.remat,
+                 run.grad_accum, " and its 1- and 2-layer twins" if count_flops else "")
+    try:
+        return measure(spec, run.model, ref, runtime, count_flops=count_flops)
+    except DoesNotFit as e:
+        logging.info("%s does not fit: %s", spec.name, e)
+        return {"program": spec.name, "fits": False, "needed": e.needed, "capacity": e.capacity,
+                "argument_bytes": _argument_bytes(spec.build(run.model, ref)),
+                "device_kind": runtime.mesh.devices.flat[0].device_kind, "error": str(e)}
+
+
+def _argument_bytes(program) -> int:
+    """Bytes a chip holds of the program's arguments (its shard of each)."""
+    total = 0
+    for a in jax.tree.leaves(program.args):
+        shard = a.sharding.shard_shape(a.shape) if a.sharding is not None else a.shape
+        total += int(np.prod(shard, dtype=np.int64)) * getattr(a.dtype, "itemsize", 8)
+    return total
+
+
+def search_fit(run: RunConfigs, runtime) -> list[dict]:
+    """For each remat policy, the smallest grad_accum whose train step fits (bisection over
+    the divisors that keep micro-batches whole per chip), with its estimated step time."""
+    dp, batch = runtime.data_parallel_size, run.data.global_batch_size
+    accums = [g for g in range(1, batch + 1) if batch % g == 0 and (batch // g) % dp == 0]
+    found = []
+    for remat in ("none", "dots", "full"):
+        trial = dataclasses.replace(run, model=dataclasses.replace(run.model, remat=remat))
+
+        def row_for(g):
+            candidate = dataclasses.replace(trial, grad_accum=g)
+            return measure_program(program_specs(candidate, runtime)[0], candidate, runtime, False)
+
+        lo, hi, best = 0, len(accums) - 1, None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            row = row_for(accums[mid])
+            if row["fits"]:
+                best, hi = (accums[mid], row), mid - 1
+            else:
+                lo = mid + 1
+        if best is None:
+            found.append({"remat": remat, "fits": False})
+            continue
+        g, row = best
+        candidate = dataclasses.replace(trial, grad_accum=g)
+        ref = candidate.reference.forward_config(candidate.model) \
+            if candidate.selection.selects else None
+        spec = program_specs(candidate, runtime)[0]
+        seconds = scaled_cost(spec, candidate.model, ref, runtime)["seconds"]
+        found.append({"remat": remat, "grad_accum": g, "fits": True,
+                      "hbm_total": row["hbm"]["total"], "est_step_s": seconds})
+    fastest = min((f for f in found if f["fits"]), key=lambda f: f["est_step_s"], default=None)
+    for f in found:
+        f["fastest"] = f is fastest
+    return found
+
+
