@@ -122,3 +122,15 @@ def test_two_slices_reduce_gradients_across_the_data_center_network():
 def test_a_mesh_that_does_not_divide_the_slice_is_one_clear_error():
     with pytest.raises(ValueError, match="does not divide the 4 devices"):
         runtime_for("v5e:2x2", mesh=sharding.MeshConfig(data=-1, fsdp=3))
+
+
+def test_the_fit_search_answers_per_remat_policy_and_names_the_fastest():
+    run = run_configs("clm", model=dataclasses.replace(TINY, n_layers=1, scan_layers=False),
+                      eval_data=None, generation=None)
+    found = fit.search_fit(run, runtime_for("v5e:2x2"))
+    assert [f["remat"] for f in found] == ["none", "dots", "full"]
+    assert all(f["fits"] and f["grad_accum"] == 1 and f["est_step_s"] > 0 for f in found)
+    assert sum(f["fastest"] for f in found) == 1
+    # recomputing the forward costs time: "full" is never estimated faster than "none"
+    by_remat = {f["remat"]: f["est_step_s"] for f in found}
+    assert by_remat["full"] >= by_remat["none"]

@@ -110,6 +110,20 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def search_table(candidates: list[dict], run: fit.RunConfigs) -> str:
+    """The fit search's answer: per remat policy the smallest grad_accum that fits."""
+    lines = [f"fit search: train_step at global batch {run.data.global_batch_size} "
+             f"(smallest train.grad_accum that fits, per ModelConfig.remat)"]
+    for c in candidates:
+        if not c["fits"]:
+            lines.append(f"  remat={c['remat']:<5} fits at no grad_accum")
+            continue
+        lines.append(f"  remat={c['remat']:<5} grad_accum={c['grad_accum']:<4} "
+                     f"HBM/chip {_gib(c['hbm_total'])} GiB  est step {c['est_step_s']:.3f} s"
+                     + ("  <- fastest" if c["fastest"] else ""))
+    return "\n".join(lines)
+
+
 _SMALLER_BATCH = {
     "score_step": "lower the score job's batch (DataConfig.global_batch_size of the score run)",
     "eval_step": "lower train.eval_data's global_batch_size",
@@ -171,6 +185,8 @@ def compile_run(topology: str = gin.REQUIRED, search: bool = False,
     lines = [json.dumps(row) for row in rows]
     print("\n".join(lines), flush=True)
     print(table([r for r in rows if r["program"] != "search"]), flush=True)
+    if search:
+        print(search_table(rows[-1]["candidates"], run), flush=True)
     if out_dir:
         with open(os.path.join(out_dir, "compile.jsonl"), "w") as f:
             f.write("\n".join(lines) + "\n")
