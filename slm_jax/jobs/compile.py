@@ -119,7 +119,8 @@ def search_table(candidates: list[dict], run: fit.RunConfigs) -> str:
             lines.append(f"  remat={c['remat']:<5} fits at no grad_accum")
             continue
         lines.append(f"  remat={c['remat']:<5} grad_accum={c['grad_accum']:<4} "
-                     f"HBM/chip {_gib(c['hbm_total'])} GiB  est step {c['est_step_s']:.3f} s"
+                     f"HBM/chip {_gib(c['hbm_total'])} GiB  est step "
+                     + (f"{c['est_step_s']:.3f} s" if c["est_step_s"] is not None else "-")
                      + ("  <- fastest" if c["fastest"] else ""))
     return "\n".join(lines)
 

@@ -96,23 +96,36 @@ def scaled_cost(spec: ProgramSpec, student, reference, runtime) -> dict:
     same = reference is None or reference.n_layers == student.n_layers
     per_student = {k: v - base[k] for k, v in cost(2, 2 if same else 1).items()}
     total = {k: base[k] + (student.n_layers - 1) * per_student[k] for k in base}
+    per_layer = [per_student]
     if not same:
         per_reference = {k: v - base[k] for k, v in cost(1, 2).items()}
         total = {k: total[k] + (reference.n_layers - 1) * per_reference[k] for k in total}
+        per_layer.append(per_reference)
+    if any(layer["flops"] < 0 or layer["seconds"] < 0 for layer in per_layer):
+        # A layer costs something (nothing when the program does not run that model); a
+        # twin that costs less with more layers (the compiler rematerialising near the HBM
+        # limit, say) leaves nothing to extrapolate from.
+        raise ValueError(f"{spec.name}'s unrolled twins do not grow with their layers "
+                         f"(per layer: {per_layer}); no per-layer count")
     return {k: v * spec.times for k, v in total.items()}
 
 
 def measure(spec: ProgramSpec, student, reference, runtime, *, count_flops: bool = True) -> dict:
     """Compiles `spec`'s program for `runtime`'s devices and reads what it needs and does.
 
-    Raises DoesNotFit when the compiler refuses it for lack of HBM."""
+    Raises DoesNotFit when the compiler refuses it for lack of HBM, or when what it compiled
+    needs more than the chip has (the compiler may accept such a program, e.g. for v5e)."""
     start = time.perf_counter()
     executable = _compile(spec.build(student, reference), runtime)
     seconds = time.perf_counter() - start
     memory = compiled_lib.MemoryUse.of(executable)
-    text = executable.as_text()
     kind = runtime.mesh.devices.flat[0].device_kind
     capacity = hardware.spec_hbm_bytes(kind)
+    if capacity and memory.total > capacity:
+        raise DoesNotFit(f"the compiled program needs {memory.total / 2**30:.2f} GiB of HBM a "
+                         f"chip (memory_analysis), the chip has {capacity / 2**30:.2f} GiB",
+                         memory.total, capacity)
+    text = executable.as_text()
     row = {"program": spec.name, "compile_s": round(seconds, 1), "device_kind": kind,
            "chips": runtime.mesh.size, "fits": True,
            "hbm": {**dataclasses.asdict(memory), "total": memory.total, "capacity": capacity,
@@ -125,7 +138,11 @@ def measure(spec: ProgramSpec, student, reference, runtime, *, count_flops: bool
 
 
 def _flops(spec, student, reference, runtime, kernels, kind) -> dict:
-    scaled = scaled_cost(spec, student, reference, runtime)
+    try:
+        scaled = scaled_cost(spec, student, reference, runtime)
+    except (ValueError, DoesNotFit) as e:
+        logging.warning("%s: FLOPs and step time not counted: %s", spec.name, e)
+        return {"flops": None, "est_step_s": None, "mfu_bound": None}
     analytic = spec.analytic_flops(student, reference)
     # Pallas kernels are custom calls XLA's count cannot see into: their analytic FLOPs
     # are added to the compiler's figure (reported apart as "pallas_flops").
@@ -265,10 +282,14 @@ def search_fit(run: RunConfigs, runtime) -> list[dict]:
         ref = candidate.reference.forward_config(candidate.model) \
             if candidate.selection.selects else None
         spec = program_specs(candidate, runtime)[0]
-        seconds = scaled_cost(spec, candidate.model, ref, runtime)["seconds"]
+        try:
+            seconds = scaled_cost(spec, candidate.model, ref, runtime)["seconds"]
+        except (ValueError, DoesNotFit):
+            seconds = None
         found.append({"remat": remat, "grad_accum": g, "fits": True,
                       "hbm_total": row["hbm"]["total"], "est_step_s": seconds})
-    fastest = min((f for f in found if f["fits"]), key=lambda f: f["est_step_s"], default=None)
+    fastest = min((f for f in found if f["fits"] and f["est_step_s"] is not None),
+                  key=lambda f: f["est_step_s"], default=None)
     for f in found:
         f["fastest"] = f is fastest
     return found
