@@ -35,6 +35,9 @@ SCORES = ("excess", "student", "reference")
 METHODS = ("bisect", "top_k", "sort", "approx")
 # A document budget is a weighted count, which top_k cannot express.
 DOCUMENT_METHODS = ("bisect", "sort")
+# How the kept tokens are weighted in the objective (slm_jax/slm/weighting.py): Rho-1's
+# hard top-k, dense/sparse softmax weights of the score, DFT's detached probability.
+WEIGHTINGS = ("hard", "dense", "sparse", "prob")
 
 
 @gin.configurable
@@ -56,6 +59,15 @@ class SelectionConfig:
         "reference" (minus the reference's loss). "student" ignores the
         reference for ranking; in mode "slm" the reference forward still runs
         so that the ref_loss/excess_loss metrics stay the same.
+    weighting: how the objective weighs tokens (slm_jax/slm/weighting.py): "hard"
+        (Rho-1: the top `ratio` share, weight 1), "dense" (n * softmax(score / tau),
+        mixed with plain CE by `lam`), "sparse" (dense weights on the top `kappa`
+        share only) or "prob" (DFT: loss times the detached probability, any mode).
+    tau: the dense/sparse softmax temperature (1: the score's own scale, as in the
+        Token Weighting paper's default).
+    lam: dense/sparse interpolation with plain CE, (1 - lam) * w + lam (0: weights only;
+        1: CLM).
+    kappa: the share sparse keeps; None: `ratio`.
     """
 
     mode: str = "clm"
@@ -63,6 +75,10 @@ class SelectionConfig:
     scope: str = "batch"
     method: str = "bisect"
     score: str = "excess"
+    weighting: str = "hard"
+    tau: float = 1.0
+    lam: float = 0.0
+    kappa: float | None = None
 
     @property
     def selects(self) -> bool:
@@ -78,6 +94,33 @@ class SelectionConfig:
             raise ValueError(
                     f"SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
                     "SelectionConfig.score='excess' (Rho-1), 'student' or 'reference'.")
+        self._check_weighting()
+
+    @property
+    def weighs(self) -> bool:
+        """Whether the objective weighs tokens (any mode but plain CLM)."""
+        return self.selects or self.weighting == "prob"
+
+    def _check_weighting(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"SelectionConfig.weighting={self.weighting!r} is not one of "
+                             f"{WEIGHTINGS}; set SelectionConfig.weighting='hard' (Rho-1).")
+        if not (isinstance(self.tau, (int, float)) and self.tau > 0):
+            raise ValueError(f"SelectionConfig.tau={self.tau!r} must be > 0 (the softmax "
+                             "temperature); set SelectionConfig.tau=1.0.")
+        if not (isinstance(self.lam, (int, float)) and 0.0 <= self.lam <= 1.0):
+            raise ValueError(f"SelectionConfig.lam={self.lam!r} must be in [0, 1]; set "
+                             "SelectionConfig.lam=0.0.")
+        if self.kappa is not None:
+            validate_ratio(self.kappa, "SelectionConfig.kappa")
+        if self.weighting in ("dense", "sparse"):
+            if self.scope == "document":
+                raise ValueError(f"SelectionConfig.weighting={self.weighting!r} weighs "
+                                 "tokens; set SelectionConfig.scope='batch' or 'sequence'.")
+            if self.mode == "clm":
+                raise ValueError(f"SelectionConfig.weighting={self.weighting!r} ranks by the "
+                                 "excess loss, which needs a reference: set "
+                                 "SelectionConfig.mode='slm' or 'slm_offline'.")
 
 
 def selection_score(score: str, student_loss, reference_loss):

@@ -7,14 +7,16 @@ excess loss, top-k mask and the optax update, all in one XLA program.
     loss_BT         = student(batch)
     score_BT        = loss_BT - ref_loss_BT            (SelectionConfig.score: or loss_BT,
                                                         or -ref_loss_BT)
-    mask_BT         = select_tokens(score_BT, weights_BT, ratio, scope, method,
-                                    segment_ids_BT)    (scope "document" reads the ids)
-    objective       = sum(mask_BT * loss_BT) / max(sum(mask_BT), 1)
+    w_BT, norm      = token_weights(selection, score_BT, weights_BT, segment_ids_BT)
+                      (Rho-1's "hard" weighting: the top-k mask of select_tokens,
+                       norm = its count; dense/sparse/prob: slm_jax/slm/weighting.py)
+    objective       = sum(w_BT * loss_BT) / max(norm, 1)
 
 With gradient accumulation the batch is split into micro-batches; each
-micro-batch ranks its own tokens (selection is per micro-batch) and the
-gradient is the sum of per-micro-batch sums divided by the total number of
-selected tokens, so the objective is still a mean over selected tokens.
+micro-batch ranks (weighs) its own tokens (selection is per micro-batch) and the
+gradient is the sum of per-micro-batch sums divided by the summed normalisers
+(the total number of selected tokens for hard selection), so the objective is
+still a mean over selected tokens.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import optax
 
 from slm_jax.slm import losses
 from slm_jax import model as model_lib
-from slm_jax.slm.selection import SelectionConfig, select_tokens, selection_score
+from slm_jax.slm.selection import SelectionConfig, selection_score
+from slm_jax.slm.weighting import token_weights
 
 Batch = dict[str, jax.Array]
 
@@ -81,6 +84,7 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
     student_loss_fn = make_loss_fn(model_config)
     reference_loss_fn = make_loss_fn(reference_model_config or model_config)
     use_reference = selection.selects
+    weighs = selection.weighs
 
     def micro_step(params, ref_params, micro: Batch):
         weights_BT = micro["loss_weights"].astype(jnp.float32)
@@ -93,16 +97,16 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
 
         def objective(p):
             loss_BT = student_loss_fn(p, micro)
-            if use_reference:
+            if weighs:
                 score_BT = selection_score(selection.score, jax.lax.stop_gradient(loss_BT),
                                            ref_loss_BT)
-                mask_BT = select_tokens(score_BT, weights_BT, selection.ratio, selection.scope,
-                                        selection.method, micro["segment_ids"])
+                w_BT, norm = token_weights(selection, score_BT, weights_BT,
+                                           micro["segment_ids"], jnp.exp(-loss_BT))
             else:
-                mask_BT = weights_BT
-            return (mask_BT * loss_BT).sum(), (loss_BT, mask_BT)
+                w_BT, norm = weights_BT, weights_BT.sum()
+            return (w_BT * loss_BT).sum(), (loss_BT, w_BT, norm)
 
-        (selected_sum, (loss_BT, mask_BT)), grads = jax.value_and_grad(
+        (selected_sum, (loss_BT, w_BT, norm)), grads = jax.value_and_grad(
             objective, has_aux=True)(params)
         sums = {
             "loss": (weights_BT * loss_BT).sum(),
@@ -110,7 +114,8 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
             "ref_loss": (weights_BT * ref_loss_BT).sum(),
             "excess": (weights_BT * (loss_BT - ref_loss_BT)).sum(),
             "tokens": weights_BT.sum(),
-            "selected": mask_BT.sum(),
+            "selected": (w_BT > 0).sum().astype(jnp.float32),
+            "normaliser": norm,
         }
         return grads, sums
 
@@ -126,9 +131,9 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
                 jax.tree.map(lambda x: x[0], _split_micro_batches(batch, grad_accum))))
             (grads, sums), _ = jax.lax.scan(body, zeros, _split_micro_batches(batch, grad_accum))
 
-        n_selected = jnp.maximum(sums["selected"], 1.0)
+        normaliser = jnp.maximum(sums["normaliser"], 1.0)
         n_tokens = jnp.maximum(sums["tokens"], 1.0)
-        grads = jax.tree.map(lambda g: g / n_selected, grads)
+        grads = jax.tree.map(lambda g: g / normaliser, grads)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -138,7 +143,7 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
                                          (params, opt_state), (state.params, state.opt_state))
         metrics = {
             "loss": sums["loss"] / n_tokens,
-            "selected_loss": sums["selected_loss"] / n_selected,
+            "selected_loss": sums["selected_loss"] / normaliser,
             "selected_frac": sums["selected"] / n_tokens,
             "tokens": sums["tokens"],
             "grad_norm": grad_norm,
