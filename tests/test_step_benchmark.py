@@ -24,12 +24,16 @@ def json_lines(stdout: str) -> list[dict]:
 def test_bench_json_lines(capsys):
     results = step_benchmark.bench(TINY, batch_size=8, seq_len=32, warmup_steps=1,
                                    timed_steps=2, reference=ReferenceConfig(dtype="float32"),
-                                   selection=SelectionConfig(ratio=0.6), select_tokens_count=4096)
+                                   selection=SelectionConfig(ratio=0.6), select_tokens_count=4096,
+                                   weightings=("dense", "prob"))
     lines = json_lines(capsys.readouterr().out)
     assert results == lines
     select_lines = [ln for ln in lines if ln["mode"] == "select"]
     lines = [ln for ln in lines if ln["mode"] != "select"]
-    assert [ln["mode"] for ln in lines] == ["clm", "slm_online", "slm_offline"]
+    assert [ln["mode"] for ln in lines] == ["clm", "slm_online", "slm_offline",
+                                            "slm_offline:dense", "slm_offline:prob"]
+    assert all(ln["ratio_to_hard"] > 0 for ln in lines[3:])   # each weighting beside hard top-k
+    lines = lines[:3]
     # Every selection method is timed; the exact ones give the default's mask.
     assert [ln["method"] for ln in select_lines] == ["bisect", "top_k", "sort", "approx"]
     for line in select_lines[:3]:

@@ -64,19 +64,26 @@ def time_fn(fn, n_warmup: int, n_steps: int) -> list[float]:
 MODES = {"clm": "clm", "slm_online": "slm", "slm_offline": "slm_offline"}
 
 
+def _selection_of(mode: str, ratio: float) -> SelectionConfig:
+    """"slm_offline" etc., or "slm_offline:dense": a mode with a token weighting."""
+    name, _, weighting = mode.partition(":")
+    return SelectionConfig(mode=MODES[name], ratio=1.0 if name == "clm" else ratio,
+                           weighting=weighting or "hard")
+
+
 def _build_steps(model, ref, modes, ratio, tx, schedule, runtime, host_batch, grad_accum):
     """{mode: (jitted step, reference params or None, device batch, SelectionConfig)}: each
     mode's train program, as the train job builds it."""
     steps = {}
     for mode in modes:
-        selection = SelectionConfig(mode=MODES[mode], ratio=1.0 if mode == "clm" else ratio)
+        selection = _selection_of(mode, ratio)
         program = programs.train_program(runtime, model, selection, tx, schedule,
                                          batch_size=host_batch["inputs"].shape[0],
                                          seq_len=host_batch["inputs"].shape[1],
                                          grad_accum=grad_accum, reference=ref.forward)
         batch = jax.device_put({k: host_batch[k] for k in program.args[2]},
                                program.in_shardings(2))
-        steps[mode] = (program.fn, ref.params if mode == "slm_online" else None, batch,
+        steps[mode] = (program.fn, ref.params if selection.mode == "slm" else None, batch,
                        selection)
     return steps
 
@@ -126,15 +133,18 @@ def bench(model: model_lib.ModelConfig | None = None, *,
           selection: SelectionConfig | None = None,
           reference: ReferenceConfig | None = None, mesh: sharding.MeshConfig | None = None,
           select_tokens_count: int = 1 << 20, select_methods=METHODS,
-          profile_dir: str | None = None) -> list[dict]:
+          weightings=(), profile_dir: str | None = None) -> list[dict]:
     """Times CLM, SLM-online (reference forward in `ReferenceConfig.dtype`) and SLM-offline
     steps and prints one JSON line per mode, then one per selection method. With
     `profile_dir`, the timed steps are traced there (benchmarks/profile_summary.py).
 
     The SLM modes keep `SelectionConfig.ratio` of the tokens; the reference is
     `ReferenceConfig.model` (or the student's config) in `ReferenceConfig.dtype`, with
-    random params."""
+    random params. `weightings` (e.g. ("dense", "sparse", "prob")) adds an SLM-offline
+    step per token weighting (slm_jax/slm/weighting.py), timed beside the others, with its
+    ratio to the hard top-k step ("ratio_to_hard")."""
     model = model or model_lib.ModelConfig()
+    modes = tuple(modes) + tuple(f"slm_offline:{w}" for w in weightings)
     ratio = (selection or SelectionConfig()).ratio
     runtime = Runtime.from_config(mesh)
     tx, schedule = make_optimizer(OptimizerConfig(), 1000)
@@ -154,8 +164,8 @@ def bench(model: model_lib.ModelConfig | None = None, *,
             step_s = statistics.median(step_times[mode])
             _, _, batch, selection = steps[mode]
             flops = slm_step_flops_per_token(
-                model, ref.forward if mode == "slm_online" else None, seq_len)
-            select_s = 0.0 if mode == "clm" else _selection_seconds(
+                model, ref.forward if selection.mode == "slm" else None, seq_len)
+            select_s = 0.0 if not selection.selects else _selection_seconds(
                 runtime, batch, selection, ratio, warmup_steps, timed_steps)
             results.append({
                 "mode": mode, "step_s": step_s, "tokens_per_s": tokens / step_s,
@@ -168,9 +178,12 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                 "device": jax.devices()[0].device_kind, "num_devices": jax.device_count(),
             })
     clm = next((r for r in results if r["mode"] == "clm"), None)
+    hard = next((r for r in results if r["mode"] == "slm_offline"), None)
     for r in results:
         if clm is not None:
             r["ratio_to_clm"] = r["step_s"] / clm["step_s"]
+        if hard is not None and ":" in r["mode"]:
+            r["ratio_to_hard"] = r["step_s"] / hard["step_s"]
         print(json.dumps(r), flush=True)
     if select_tokens_count:
         with runtime.activate():
