@@ -63,3 +63,19 @@ def test_does_not_hold_full_fp32_logits():
     full_logits_bytes = batch * length * vocab * 4
     assert naive >= full_logits_bytes  # sanity: the naive path really materialises logits
     assert chunked < naive / 2, (chunked, naive)
+
+
+@pytest.mark.parametrize("chunk_size", [0, 8])
+def test_entropy_is_the_predicted_distributions_and_carries_no_gradient(chunk_size):
+    hidden, unembed, targets, weights = _inputs(2, 30, 16, 64, jnp.float32)
+    loss, entropy = per_token_loss(hidden, unembed, targets, chunk_size=chunk_size,
+                                   with_entropy=True)
+    logits = np.einsum("btd,dv->btv", np.asarray(hidden, np.float64), np.asarray(unembed))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    np.testing.assert_allclose(entropy, -(probs * np.log(probs)).sum(-1), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss, _naive_loss(hidden, unembed, targets), rtol=1e-5, atol=1e-5)
+    # the entropy is a score, not an objective: the loss's gradient is unchanged by it
+    with_entropy = jax.grad(lambda h: jnp.sum(per_token_loss(
+        h, unembed, targets, chunk_size=chunk_size, with_entropy=True)[1]))(hidden)
+    assert not np.asarray(with_entropy).any()

@@ -142,7 +142,8 @@ def numpy_mask(score_BT, batch, ratio, scope):
 
 @pytest.mark.parametrize("mode,score,scope,grad_accum", [
     ("slm", "excess", "document", 1), ("slm", "student", "batch", 1),
-    ("slm", "reference", "sequence", 1), ("slm_offline", "reference", "document", 2)])
+    ("slm", "reference", "sequence", 1), ("slm_offline", "reference", "document", 2),
+    ("slm_offline", "entropy", "batch", 2)])
 def test_step_selects_by_score_and_scope_as_numpy(mode, score, scope, grad_accum):
     selection = SelectionConfig(mode=mode, ratio=0.4, scope=scope, score=score)
     batch = make_batch(5)
@@ -156,7 +157,11 @@ def test_step_selects_by_score_and_scope_as_numpy(mode, score, scope, grad_accum
     else:
         ref_BT = np.random.default_rng(1).gamma(2.0, size=loss_BT.shape).astype(np.float32)
         batch = {**batch, "ref_loss": ref_BT}
-    score_BT = NUMPY_SCORES[score](loss_BT, ref_BT)
+    if score == "entropy":   # ESLM: the student's predictive entropy (tests/test_losses.py)
+        score_BT = np.asarray(jax.jit(make_loss_fn(TINY, with_entropy=True))(
+            state.params, batch)[1])
+    else:
+        score_BT = NUMPY_SCORES[score](loss_BT, ref_BT)
     # Micro-batch a holds rows a, a + A, ... and ranks its own tokens.
     mask_BT = np.zeros_like(loss_BT)
     for a in range(grad_accum):

@@ -26,7 +26,8 @@ MODES = ("clm", "slm", "slm_offline")
 # What is ranked, highest kept: Rho-1's excess loss, the student's loss alone
 # (plain hard-token mining, no reference needed to rank), or the negated
 # reference loss (keep what the reference finds easiest, i.e. most "clean").
-SCORES = ("excess", "student", "reference")
+# "entropy": the student's predictive entropy (ESLM, reference-free).
+SCORES = ("excess", "student", "reference", "entropy")
 # How the m-th largest excess loss is found. All but "approx" are exact and
 # select the same tokens; "approx" (lax.approx_max_k, TPU-friendly) may keep
 # slightly more or fewer than m and is only used when asked for by name.
@@ -55,8 +56,9 @@ class SelectionConfig:
         one segment id in a row) by their mean score, see `select_tokens`.
     method: how the threshold is found (`METHODS`; see `select_tokens`).
     score: what is ranked, highest kept (`selection_score`): "excess"
-        (student - reference loss, Rho-1), "student" (the student's loss) or
-        "reference" (minus the reference's loss). "student" ignores the
+        (student - reference loss, Rho-1), "student" (the student's loss),
+        "reference" (minus the reference's loss) or "entropy" (the student's
+        predictive entropy, ESLM). "student" and "entropy" ignore the
         reference for ranking; in mode "slm" the reference forward still runs
         so that the ref_loss/excess_loss metrics stay the same.
     weighting: how the objective weighs tokens (slm_jax/slm/weighting.py): "hard"
@@ -93,7 +95,8 @@ class SelectionConfig:
         if self.score not in SCORES:
             raise ValueError(
                     f"SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
-                    "SelectionConfig.score='excess' (Rho-1), 'student' or 'reference'.")
+                    "SelectionConfig.score='excess' (Rho-1), 'student', 'reference' or "
+                    "'entropy'.")
         self._check_weighting()
 
     @property
@@ -123,7 +126,7 @@ class SelectionConfig:
                                  "SelectionConfig.mode='slm' or 'slm_offline'.")
 
 
-def selection_score(score: str, student_loss, reference_loss):
+def selection_score(score: str, student_loss, reference_loss, student_entropy=None):
     """The per-token score `select_tokens` ranks (highest kept), per `SCORES`."""
     if score == "excess":
         return student_loss - reference_loss
@@ -131,6 +134,8 @@ def selection_score(score: str, student_loss, reference_loss):
         return student_loss
     if score == "reference":
         return -reference_loss
+    if score == "entropy":
+        return student_entropy
     raise ValueError(f"score={score!r} is not one of {SCORES}.")
 
 

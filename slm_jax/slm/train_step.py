@@ -48,17 +48,17 @@ def init_train_state(model_config, tx, rng) -> TrainState:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
 
-def make_loss_fn(model_config) -> Callable:
+def make_loss_fn(model_config, with_entropy: bool = False) -> Callable:
     """(params, batch) -> per-token loss [B, T] in float32, chunked by
-    `model_config.loss_chunk_size`."""
+    `model_config.loss_chunk_size`; `with_entropy`: (loss, predictive entropy)."""
     decoder = model_lib.Decoder(model_config)
 
     def loss_fn(params, batch: Batch):
         hidden_BTD = decoder.apply({"params": params}, batch["inputs"],
                                    batch["positions"], batch["segment_ids"])
         return losses.per_token_loss(hidden_BTD, model_lib.unembedding(params, model_config),
-                                     batch["targets"],
-                                     chunk_size=model_config.loss_chunk_size)
+                                     batch["targets"], chunk_size=model_config.loss_chunk_size,
+                                     with_entropy=with_entropy)
     return loss_fn
 
 
@@ -81,7 +81,8 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
     `ref_params` is ignored (may be None) in "clm" and "slm_offline" modes: no
     reference forward runs; "slm_offline" batches carry "ref_loss" [B, T].
     """
-    student_loss_fn = make_loss_fn(model_config)
+    entropy = selection.selects and selection.score == "entropy"
+    student_loss_fn = make_loss_fn(model_config, with_entropy=entropy)
     reference_loss_fn = make_loss_fn(reference_model_config or model_config)
     use_reference = selection.selects
     weighs = selection.weighs
@@ -96,10 +97,11 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
             ref_loss_BT = jnp.zeros_like(weights_BT)
 
         def objective(p):
-            loss_BT = student_loss_fn(p, micro)
+            loss_BT, entropy_BT = student_loss_fn(p, micro) if entropy else (
+                student_loss_fn(p, micro), None)
             if weighs:
                 score_BT = selection_score(selection.score, jax.lax.stop_gradient(loss_BT),
-                                           ref_loss_BT)
+                                           ref_loss_BT, entropy_BT)
                 w_BT, norm = token_weights(selection, score_BT, weights_BT,
                                            micro["segment_ids"], jnp.exp(-loss_BT))
             else:
