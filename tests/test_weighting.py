@@ -83,15 +83,21 @@ def test_prob_is_the_detached_probability_of_each_valid_token():
 
 
 @pytest.mark.parametrize("config, says", [
-    (dict(mode="clm", weighting="dense"), "needs a reference"),
     (dict(mode="slm", weighting="sparse", scope="document"), "scope='batch'"),
     (dict(mode="slm", weighting="dense", tau=0.0), "tau=0.0 must be > 0"),
     (dict(mode="slm", weighting="dense", lam=1.5), "lam=1.5 must be in"),
     (dict(mode="slm", weighting="sparse", kappa=0.0), "kappa=0.0 must be in"),
     (dict(mode="slm", weighting="soft"), "weighting='soft' is not one of")])
-def test_a_weighting_the_mode_cannot_serve_is_one_line_naming_the_binding(config, says):
+def test_a_bad_weighting_is_one_line_naming_the_binding(config, says):
     with pytest.raises(ValueError, match=says):
         SelectionConfig(**config)
+
+
+def test_a_ranking_weighting_in_clm_mode_is_refused_by_the_mode_check():
+    with pytest.raises(ValueError, match="weighting='dense' ranks by the score, which needs "
+                                         "the slm modes: set SelectionConfig.mode='slm'"):
+        SelectionConfig(mode="clm", weighting="dense").check_mode()
+    SelectionConfig(mode="clm", weighting="prob").check_mode()     # DFT needs no reference
 
 
 @pytest.mark.parametrize("weighting, mode", [("dense", "slm"), ("sparse", "slm"),

@@ -70,13 +70,13 @@ def demo(work_dir: str = "runs/demo", *, reference_steps: int = 150, student_ste
     eval_data = data_on(corpus.eval_tfrecord, shuffle=False)
     runs = {
         "reference": dict(data=data_on(corpus.clean_tfrecord), num_steps=reference_steps,
-                          selection=SelectionConfig(mode="clm", ratio=1.0)),
+                          selection=SelectionConfig(mode="clm", ratio=1.0, weighting="hard")),
         "slm": dict(data=data_on(corpus.web_tfrecord), num_steps=student_steps,
                     selection=SelectionConfig(mode="slm", ratio=ratio),
                     reference=ReferenceConfig(
                         checkpoint=os.path.join(work_dir, "reference", "checkpoints"))),
         "clm": dict(data=data_on(corpus.web_tfrecord), num_steps=student_steps,
-                    selection=SelectionConfig(mode="clm", ratio=1.0)),
+                    selection=SelectionConfig(mode="clm", ratio=1.0, weighting="hard")),
     }
     results = {}
     for name, kwargs in runs.items():

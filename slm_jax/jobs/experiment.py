@@ -240,12 +240,13 @@ def experiment(work_dir: str = "runs/experiment", *,
 
     if not base_checkpoint and _preempted("base", train_lib.train(
             run_dir=path("base"), data=web, num_steps=base_steps,
-            selection=SelectionConfig(mode="clm", ratio=1.0))):
+            selection=SelectionConfig(mode="clm", ratio=1.0, weighting="hard"))):
         return {"preempted": True}
     base = base_checkpoint or path("base", "checkpoints")
     reference = train_lib.train(run_dir=path("reference"), data=clean, num_steps=reference_steps,
-                                selection=SelectionConfig(mode="clm", ratio=1.0), eval_data=eval_data,
-                                init_checkpoint=base)
+                                selection=SelectionConfig(mode="clm", ratio=1.0,
+                                                          weighting="hard"),
+                                eval_data=eval_data, init_checkpoint=base)
     if _preempted("reference", reference):
         return {"preempted": True}
     if not os.path.exists(path("scored", "index.json")):
@@ -257,7 +258,7 @@ def experiment(work_dir: str = "runs/experiment", *,
                                            max_new_tokens=max_new_tokens)]
                             if problems else [])
     students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio), **variants,
-                "clm": SelectionConfig(mode="clm", ratio=1.0)}
+                "clm": SelectionConfig(mode="clm", ratio=1.0, weighting="hard")}
     for name, selection in students.items():
         if _preempted(name, train_lib.train(
                 run_dir=path(name), data=student_web, num_steps=student_steps,

@@ -45,6 +45,7 @@ def _check_counts(**counts):
 
 def _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
                   runtime):
+    selection.check_mode()
     if selection.mode == "slm":
         if not reference.checkpoint:
             raise ValueError("SelectionConfig.mode='slm' needs a reference model: set "

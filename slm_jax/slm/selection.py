@@ -99,6 +99,14 @@ class SelectionConfig:
                     "'entropy'.")
         self._check_weighting()
 
+    def check_mode(self) -> None:
+        """What this mode cannot serve (the train job asks before any work; a job that
+        builds its own CLM runs passes weighting='hard' for them)."""
+        if self.mode == "clm" and self.weighting in ("dense", "sparse"):
+            raise ValueError(f"SelectionConfig.weighting={self.weighting!r} ranks by the score, "
+                             "which needs the slm modes: set SelectionConfig.mode='slm' or "
+                             "'slm_offline' (or SelectionConfig.weighting='prob' for CLM).")
+
     @property
     def weighs(self) -> bool:
         """Whether the objective weighs tokens (any mode but plain CLM)."""
@@ -120,10 +128,7 @@ class SelectionConfig:
             if self.scope == "document":
                 raise ValueError(f"SelectionConfig.weighting={self.weighting!r} weighs "
                                  "tokens; set SelectionConfig.scope='batch' or 'sequence'.")
-            if self.mode == "clm":
-                raise ValueError(f"SelectionConfig.weighting={self.weighting!r} ranks by the "
-                                 "excess loss, which needs a reference: set "
-                                 "SelectionConfig.mode='slm' or 'slm_offline'.")
+
 
 
 def selection_score(score: str, student_loss, reference_loss, student_entropy=None):
