@@ -57,19 +57,18 @@ def table(results: dict) -> str:
             versus = "-"
             base = clm and _row(clm, r["program"])
             if r["program"] == "train_step" and base and base.get("flops") and flops:
-                versus = (f"{flops['analytic'] / base['flops']['analytic']:.2f}, "
-                          f"{r['est_step_s'] / base['est_step_s']:.2f}")
+                versus = f"{flops['analytic'] / base['flops']['analytic']:.2f}, " + (
+                    f"{r['est_step_s'] / base['est_step_s']:.2f}"
+                    if r.get("est_step_s") and base.get("est_step_s") else "-")
             fits = "" if r.get("fits") else " **no fit**"
+            seconds = r.get("est_step_s")
             lines.append(
                 f"| {run} | {topology} ({r.get('chips', '-')}) | {r['program']} | "
-                f"{hbm.get('total', r.get('needed') or 0) / 2**30:.1f} "
+                f"{(hbm.get('total') or r.get('needed') or 0) / 2**30:.1f} "
                 f"({(hbm.get('capacity') or r.get('capacity') or 0) / 2**30:.0f}){fits} | "
-                f"{r.get('compile_s', '-')} | {flops.get('compiler_vs_analytic', '-')} | "
-                f"{r['est_step_s']:.3f} | {r.get('mfu_bound', '-')} | {collective_gb:.1f} | {versus} |"
-                if r.get("est_step_s") else
-                f"| {run} | {topology} | {r['program']} | "
-                f"{(hbm.get('total') or r.get('needed') or 0) / 2**30:.1f}{fits} | "
-                f"{r.get('compile_s', '-')} | - | - | - | {collective_gb:.1f} | - |")
+                f"{r.get('compile_s', '-')} | {flops.get('compiler_vs_analytic') or '-'} | "
+                f"{f'{seconds:.3f}' if seconds else '-'} | {r.get('mfu_bound') or '-'} | "
+                f"{collective_gb:.1f} | {versus} |")
     return "\n".join(lines)
 
 

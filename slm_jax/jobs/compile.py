@@ -104,7 +104,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"{r['program']:<17} {total:>13} {_gib(hbm.get('capacity')):>6} "
             f"{_gib(hbm.get('headroom')):>9} {r.get('compile_s', '-'):>9} "
-            f"{f.get('compiler_vs_analytic', '-'):>13} "
+            f"{f.get('compiler_vs_analytic') or '-':>13} "
             f"{('%.4g' % r['est_step_s']) if r.get('est_step_s') else '-':>10} "
             f"{r.get('mfu_bound') or '-':>9}  {_kernels(r)}")
     return "\n".join(lines)
