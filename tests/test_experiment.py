@@ -77,6 +77,12 @@ def test_selection_variants_are_named_and_checked_before_any_work():
     assert "set --gin.SelectionConfig.score=" in with_flags(str(e.value), "--gin.")
     with pytest.raises(ValueError, match="\\(score, scope\\) pair"):
         experiment.variant_selections(["student"], 0.6)
+    weighted = experiment.variant_selections(
+            [("excess", "batch", "dense"), ("entropy", "batch"), ("excess", "batch", "hard")], 0.6)
+    assert list(weighted) == ["slm_excess_batch_dense", "slm_entropy_batch", "slm"]
+    assert weighted["slm_excess_batch_dense"].weighting == "dense"
+    with pytest.raises(ValueError, match="weighting='soft' is not one of"):
+        experiment.variant_selections([("excess", "batch", "soft")], 0.6)
 
 
 def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, monkeypatch):

@@ -134,19 +134,24 @@ def summarize(curves: dict, ratio: float) -> tuple[str, dict]:
 def variant_selections(variants, ratio: float) -> dict[str, SelectionConfig]:
     """{run name: SelectionConfig} of the extra SLM students, checked before any work.
 
-    The Rho-1 pair ('excess', 'batch') is the "slm" student itself, not trained twice.
+    Each is a (score, scope) pair or a (score, scope, weighting) triple (the weighting's
+    tau/lam/kappa are SelectionConfig's bindings). The Rho-1 pair ('excess', 'batch') with
+    hard weighting is the "slm" student itself, not trained twice.
     """
-    main = SelectionConfig(mode="slm_offline", ratio=ratio)
+    main = SelectionConfig(mode="slm_offline", ratio=ratio, weighting="hard")
     selections = {}
     for variant in variants:
-        if not (isinstance(variant, (tuple, list)) and len(variant) == 2):
+        if not (isinstance(variant, (tuple, list)) and len(variant) in (2, 3)):
             raise ValueError(
                     f"experiment.selection_variants holds {variant!r}; each entry is a "
-                    "(score, scope) pair, e.g. --gin.experiment.selection_variants="
-                    "\"[('student', 'batch'), ('excess', 'document')]\".")
-        score, scope = variant
-        selection = SelectionConfig(mode="slm_offline", ratio=ratio, score=score, scope=scope)
-        selections["slm" if selection == main else f"slm_{score}_{scope}"] = selection
+                    "(score, scope) pair or a (score, scope, weighting) triple, e.g. "
+                    "--gin.experiment.selection_variants="
+                    "\"[('student', 'batch'), ('excess', 'batch', 'dense')]\".")
+        score, scope, weighting = (*variant, "hard")[:3]
+        selection = SelectionConfig(mode="slm_offline", ratio=ratio, score=score, scope=scope,
+                                    weighting=weighting)
+        name = f"slm_{score}_{scope}" + ("" if weighting == "hard" else f"_{weighting}")
+        selections["slm" if selection == main else name] = selection
     return selections
 
 
@@ -155,17 +160,18 @@ def summarize_variants(curves: dict, selections: dict[str, SelectionConfig]) -> 
     clm = curves["clm"]
     target = clm["loss"][-1]
     lines = [f"Selection variants (CLM: {target:.4f} after {clm['tokens'][-1]:,} tokens)", "",
-             "| run | score | scope | tokens to reach CLM's final loss | final held-out loss |",
-             "|---|---|---|---|---|"]
+             "| run | score | scope | weighting | tokens to reach CLM's final loss | "
+             "final held-out loss |", "|---|---|---|---|---|---|"]
     rows = {}
     for name, selection in selections.items():
         curve = curves[name]
         reach = tokens_to_reach(curve["tokens"], curve["loss"], target)
         rows[name] = {"score": selection.score, "scope": selection.scope,
+                      "weighting": selection.weighting,
                       "tokens_to_reach_clm_final_loss": reach, "final_loss": curve["loss"][-1]}
         reached = f"{reach:,.0f}" if reach else "not reached"
-        lines.append(f"| {name} | {selection.score} | {selection.scope} | {reached} | "
-                     f"{curve['loss'][-1]:.4f} |")
+        lines.append(f"| {name} | {selection.score} | {selection.scope} | "
+                     f"{selection.weighting} | {reached} | {curve['loss'][-1]:.4f} |")
     return "\n".join(lines), rows
 
 
@@ -202,8 +208,9 @@ def experiment(work_dir: str = "runs/experiment", *,
     """Runs base -> reference -> scoring -> SLM and CLM students; returns the summary.
 
     eval_base: the students' curves also start with an eval of the base model (step 0).
-    selection_variants: (score, scope) pairs (`SelectionConfig.score`/`.scope`),
-        each trained as one more SLM student at `SelectionConfig.ratio` (the share of
+    selection_variants: (score, scope) pairs (`SelectionConfig.score`/`.scope`) or
+        (score, scope, weighting) triples (`SelectionConfig.weighting`: dense, sparse,
+        prob, with SelectionConfig's tau/lam/kappa), each trained as one more SLM student at `SelectionConfig.ratio` (the share of
         tokens every SLM student keeps; gin/runs/*_experiment.gin: 0.6) on the same scored tokens,
         e.g. [('student', 'batch'), ('reference', 'batch'), ('excess', 'document')].
     corpus: the generated corpus when no files are given: 'embedded' (the demo's) or
@@ -257,7 +264,8 @@ def experiment(work_dir: str = "runs/experiment", *,
                                            num_problems=eval_problems, num_fewshot=num_fewshot,
                                            max_new_tokens=max_new_tokens)]
                             if problems else [])
-    students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio), **variants,
+    students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio, weighting="hard"),
+                **variants,
                 "clm": SelectionConfig(mode="clm", ratio=1.0, weighting="hard")}
     for name, selection in students.items():
         if _preempted(name, train_lib.train(
