@@ -129,8 +129,8 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
     assert variants["slm_student_batch"]["tokens_to_reach_clm_final_loss"] is None
     assert variants["slm"]["final_loss"] == 1.5
     table = (tmp_path / "results.md").read_text()
-    assert "| slm_excess_document | excess | document | 150 | 1.0000 |" in table
-    assert "| slm_student_batch | student | batch | not reached | 2.5000 |" in table
+    assert "| slm_excess_document | excess | document | hard | 150 | 1.0000 |" in table
+    assert "| slm_student_batch | student | batch | hard | not reached | 2.5000 |" in table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["curves"]) >= set(students)
 
