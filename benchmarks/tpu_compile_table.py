@@ -66,7 +66,8 @@ def table(results: dict) -> str:
                 f"| {run} | {topology} ({r.get('chips', '-')}) | {r['program']} | "
                 f"{(hbm.get('total') or r.get('needed') or 0) / 2**30:.1f} "
                 f"({(hbm.get('capacity') or r.get('capacity') or 0) / 2**30:.0f}){fits} | "
-                f"{r.get('compile_s', '-')} | {flops.get('compiler_vs_analytic') or '-'} | "
+                f"{r.get('compile_s', '-')} | {flops.get('compiler_vs_analytic') or '-'}"
+                f"{'*' if r.get('compiler_loops') and flops else ''} | "
                 f"{f'{seconds:.3f}' if seconds else '-'} | {r.get('mfu_bound') or '-'} | "
                 f"{collective_gb:.1f} | {versus} |")
     return "\n".join(lines)

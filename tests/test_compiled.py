@@ -22,3 +22,24 @@ ENTRY %main (a: f32[8]) -> f32[8] {
 """
     assert compiled.collectives(hlo) == {"all-gather": {"count": 22, "bytes": 22 * 32},
                                          "all-reduce": {"count": 1, "bytes": 32}}
+
+
+def test_loops_the_compiler_makes_itself_are_told_apart_from_the_programs_own():
+    hlo = """HloModule m
+
+%cond (p: (s32[])) -> pred[] {
+  %n = s32[] constant(8)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%cond2 (p: (s32[])) -> pred[] {
+  %n = s32[] constant(22)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %w1 = (s32[]) while(%t), condition=%cond, body=%b, metadata={op_name="jit(step)/Decoder/layers/mlp/dot_general"}
+  %w2 = (s32[]) while(%t), condition=%cond2, body=%b, metadata={op_name="jit(step)/Decoder/while"}
+}
+"""
+    assert compiled.compiler_loops(hlo) == [("jit(step)/Decoder/layers/mlp/dot_general", 8)]

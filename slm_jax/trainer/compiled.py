@@ -52,12 +52,14 @@ class MemoryUse:
 
 
 def cost(compiled) -> dict:
-    """{"flops", "seconds"} per chip by XLA's cost analysis (loops counted once)."""
+    """{"flops", "seconds"} per chip by XLA's cost analysis (loops counted once); seconds
+    is None where the cost model gives none (libtpu answers some whole-slice programs on
+    v5e/v6e with a negative time)."""
     analysis = compiled.cost_analysis() or {}
     if isinstance(analysis, list):   # older jax: one dict per computation
         analysis = analysis[0] if analysis else {}
-    return {"flops": float(analysis.get("flops", 0.0)),
-            "seconds": float(analysis.get("optimal_seconds", 0.0))}
+    seconds = float(analysis.get("optimal_seconds", 0.0))
+    return {"flops": float(analysis.get("flops", 0.0)), "seconds": seconds if seconds > 0 else None}
 
 
 def loop_scaled_cost(cost_1: dict, cost_2: dict, layers: int) -> dict:
@@ -149,3 +151,25 @@ def attention_kernels(hlo_text: str) -> list[str]:
             if match:
                 names.add(re.sub(r"\.\d+$", "", match.group(1)))
     return sorted(names)
+
+
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def compiler_loops(hlo_text: str) -> list[tuple[str, int]]:
+    """(op it came from, trips) of each while loop the compiler made itself, e.g. a matmul
+    split into 8 steps to fit HBM. The program's own loops (scanned layers, loss chunks,
+    micro-batches, decoding) come from a `while` op; these come from a dot_general. XLA's
+    cost analysis counts their bodies once: their FLOPs are undercounted."""
+    computations, _ = _computations(hlo_text)
+    found = []
+    for lines in computations.values():
+        for line in lines:
+            match = _INSTRUCTION.match(line)
+            if not match or match.group(3) != "while":
+                continue
+            op = _OP_NAME.search(line)
+            condition = re.search(r"condition=%([\w.\-]+)", line)
+            if op and not op.group(1).endswith("while") and condition:
+                found.append((op.group(1), _trip_count(computations.get(condition.group(1), []))))
+    return found

@@ -94,21 +94,24 @@ def scaled_cost(spec: ProgramSpec, student, reference, runtime) -> dict:
 
     base = cost(1, 1)
     same = reference is None or reference.n_layers == student.n_layers
-    per_student = {k: v - base[k] for k, v in cost(2, 2 if same else 1).items()}
-    total = {k: base[k] + (student.n_layers - 1) * per_student[k] for k in base}
-    per_layer = [per_student]
+    twins = [(cost(2, 2 if same else 1), student.n_layers - 1)]
     if not same:
-        per_reference = {k: v - base[k] for k, v in cost(1, 2).items()}
-        total = {k: total[k] + (reference.n_layers - 1) * per_reference[k] for k in total}
-        per_layer.append(per_reference)
-    # A layer costs something (nothing when the program does not run that model). A figure
-    # whose twins shrink with more layers (seen for the step-time estimate of whole-pod
-    # programs on v6e) leaves nothing to extrapolate from: it is None, the other stays.
-    broken = {k for k in total if total[k] <= 0 or any(layer[k] < 0 for layer in per_layer)}
-    if broken:
-        logging.warning("%s: the twins' %s do not grow with their layers (per layer: %s); "
-                        "not counted", spec.name, " and ".join(sorted(broken)), per_layer)
-    return {k: None if k in broken else v * spec.times for k, v in total.items()}
+        twins.append((cost(1, 2), reference.n_layers - 1))
+    scaled = {}
+    for key in base:
+        # A layer costs something (nothing when the program does not run that model). A
+        # figure the cost model does not give, or whose twins shrink with more layers,
+        # leaves nothing to extrapolate from: it is None, the other stays.
+        values = [base[key]] + [twin[key] for twin, _ in twins]
+        per_layer = [None if None in values else twin[key] - base[key] for twin, _ in twins]
+        if None in per_layer or any(p < 0 for p in per_layer):
+            logging.warning("%s: the twins' %s cannot be extrapolated (1 layer: %s, more: %s)",
+                            spec.name, key, base[key], [twin[key] for twin, _ in twins])
+            scaled[key] = None
+            continue
+        total = base[key] + sum(p * extra for p, (_, extra) in zip(per_layer, twins))
+        scaled[key] = total * spec.times
+    return scaled
 
 
 def measure(spec: ProgramSpec, student, reference, runtime, *, count_flops: bool = True) -> dict:
@@ -129,6 +132,7 @@ def measure(spec: ProgramSpec, student, reference, runtime, *, count_flops: bool
     text = executable.as_text()
     row = {"program": spec.name, "compile_s": round(seconds, 1), "device_kind": kind,
            "chips": runtime.mesh.size, "fits": True,
+           "compiler_loops": len(compiled_lib.compiler_loops(text)),
            "hbm": {**dataclasses.asdict(memory), "total": memory.total, "capacity": capacity,
                    "headroom": capacity and capacity - memory.total},
            "collectives": compiled_lib.collectives(text),
@@ -154,7 +158,9 @@ def _flops(spec, student, reference, runtime, kernels, kind) -> dict:
     return {"flops": {"compiler": compiler, "pallas": pallas, "analytic": analytic,
                       "compiler_vs_analytic": (round(compiler / analytic, 3)
                                                if analytic and compiler is not None else None),
-                      "counted": "unrolled 1- and 2-layer twins, extrapolated per layer"},
+                      "counted": "unrolled 1- and 2-layer twins, extrapolated per layer; "
+                                 "loops the compiler makes itself (compiler_loops) and the "
+                                 "loss's chunk loop are counted once"},
             "est_step_s": seconds,
             "mfu_bound": (round(spec.model_flops / (seconds * peak), 3)
                           if seconds and peak and spec.model_flops else None)}
