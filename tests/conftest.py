@@ -9,6 +9,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
+# tests/tpu/ compiles for TPU slices through libtpu; it runs in a process of its own
+# (tests/test_tpu_compile.py), so libtpu is never initialised in this one.
+collect_ignore = [] if os.environ.get("SLM_JAX_TPU_TESTS") else ["tpu"]
+
 
 @pytest.fixture(scope="session")
 def smollm2_hf_dir(tmp_path_factory):
