@@ -15,7 +15,6 @@ row, so left- and right-padded prompts both work (see slm_jax/model/generate.py)
 from __future__ import annotations
 
 import dataclasses
-
 import math
 
 import flax.linen as nn

@@ -130,7 +130,6 @@ class SelectionConfig:
                                  "tokens; set SelectionConfig.scope='batch' or 'sequence'.")
 
 
-
 def selection_score(score: str, student_loss, reference_loss, student_entropy=None):
     """The per-token score `select_tokens` ranks (highest kept), per `SCORES`."""
     if score == "excess":
