@@ -5,6 +5,13 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# XLA:CPU runs a program's independent collectives concurrently, each blocking a thread of
+# one pool (max(cores, devices) threads: 8 here) until all 8 devices join it. When the pool
+# is taken by devices waiting at different collectives, none can complete: after 40 s the
+# rendezvous aborts the process ("Termination timeout for `all reduce ...`", seen at random
+# tests of full runs on 2 cores). A pool of NPROC threads leaves room for every device's
+# ready collectives (no measurable cost: the 8-device tests of test_train_step.py took 79 s with 8 threads, 81 s with 128).
+os.environ.setdefault("NPROC", "64")
 
 
 import pytest  # noqa: E402
