@@ -10,7 +10,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # is taken by devices waiting at different collectives, none can complete: after 40 s the
 # rendezvous aborts the process ("Termination timeout for `all reduce ...`", seen at random
 # tests of full runs on 2 cores). A pool of NPROC threads leaves room for every device's
-# ready collectives (no measurable cost: the 8-device tests of test_train_step.py took 79 s with 8 threads, 81 s with 128).
+# ready collectives (no measurable cost: the 8-device tests of test_train_step.py took
+# 79 s with 8 threads, 81 s with 128).
 os.environ.setdefault("NPROC", "64")
 
 

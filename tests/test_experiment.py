@@ -69,20 +69,31 @@ def test_selection_variants_are_named_and_checked_before_any_work():
     selections = experiment.variant_selections(
             [("excess", "batch"), ("student", "batch"), ["excess", "document"]], 0.6)
     assert list(selections) == ["slm", "slm_student_batch", "slm_excess_document"]
-    assert all(s.mode == "slm_offline" and s.ratio == 0.6 for s in selections.values())
-    assert selections["slm_excess_document"].scope == "document"
+    assert all(s.mode == "slm_offline" and s.ratio == 0.6 and r is None
+               for s, r in selections.values())
+    assert selections["slm_excess_document"][0].scope == "document"
     with pytest.raises(ValueError, match="set SelectionConfig.score=") as e:
         experiment.variant_selections([("loss", "batch")], 0.6)
     # The command line spells the fix as a flag.
     assert "set --gin.SelectionConfig.score=" in with_flags(str(e.value), "--gin.")
-    with pytest.raises(ValueError, match="\\(score, scope\\) pair"):
+    with pytest.raises(ValueError, match="each entry is \\(score, scope\\), "):
         experiment.variant_selections(["student"], 0.6)
     weighted = experiment.variant_selections(
             [("excess", "batch", "dense"), ("entropy", "batch"), ("excess", "batch", "hard")], 0.6)
     assert list(weighted) == ["slm_excess_batch_dense", "slm_entropy_batch", "slm"]
-    assert weighted["slm_excess_batch_dense"].weighting == "dense"
+    assert weighted["slm_excess_batch_dense"][0].weighting == "dense"
     with pytest.raises(ValueError, match="weighting='soft' is not one of"):
         experiment.variant_selections([("excess", "batch", "soft")], 0.6)
+    # A self-reference trains online against the student's own history; a global scope
+    # stays offline (it ranks against the scored corpus).
+    own = experiment.variant_selections(
+            [("excess", "batch", "hard", "ema"), ("excess", "global")], 0.6)
+    assert list(own) == ["slm_excess_batch_ema", "slm_excess_global"]
+    selection, reference = own["slm_excess_batch_ema"]
+    assert selection.mode == "slm" and reference.source == "ema"
+    assert own["slm_excess_global"][0].mode == "slm_offline"
+    with pytest.raises(ValueError, match="ReferenceConfig.source='self' is not one of"):
+        experiment.variant_selections([("excess", "batch", "hard", "self")], 0.6)
 
 
 def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, monkeypatch):
@@ -91,7 +102,7 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
 
     def fake_train(run_dir, *, selection, data=None, **kwargs):
         name = os.path.basename(run_dir)
-        trained[name] = (selection, data, kwargs.get("scored_data"))
+        trained[name] = (selection, data, kwargs.get("scored_data"), kwargs.get("reference"))
         final = {"clm": 2.0, "slm": 1.5, "slm_student_batch": 2.5}.get(name, 1.0)
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "eval.jsonl"), "w") as f:
@@ -121,6 +132,7 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
     assert all(trained[n][1] is data and trained[n][2] == str(tmp_path / "scored")
                for n in students)
     assert trained["slm_student_batch"][0].score == "student"
+    assert trained["slm_student_batch"][3] is None                 # no self-reference
     assert all(trained[n][0].ratio == 0.6 for n in students[:-1]) and trained["clm"][0].ratio == 1
     assert trained["slm_excess_document"][0].scope == "document"
     variants = summary["variants"]
@@ -129,8 +141,8 @@ def test_sweep_trains_each_variant_on_the_same_tokens_and_tabulates(tmp_path, mo
     assert variants["slm_student_batch"]["tokens_to_reach_clm_final_loss"] is None
     assert variants["slm"]["final_loss"] == 1.5
     table = (tmp_path / "results.md").read_text()
-    assert "| slm_excess_document | excess | document | hard | 150 | 1.0000 |" in table
-    assert "| slm_student_batch | student | batch | hard | not reached | 2.5000 |" in table
+    assert "| slm_excess_document | excess | document | hard | checkpoint | 150 | 1.0000 |" in table
+    assert "| slm_student_batch | student | batch | hard | checkpoint | not reached | 2.5000 |" in table
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["curves"]) >= set(students)
 

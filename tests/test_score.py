@@ -11,7 +11,7 @@ from slm_jax import model as model_lib
 from slm_jax.parallel import sharding
 from slm_jax.jobs import score as scoring
 from slm_jax.parallel.checkpoint import CheckpointConfig, restore_params
-from slm_jax.data import BATCH_KEYS, iterator, pipeline, scored
+from slm_jax.data import BATCH_KEYS, iterator, pipeline, score_sketch, scored
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 from slm_jax.jobs.train import train
@@ -35,9 +35,12 @@ def setup(tmp_path_factory):
                   checkpoint=CheckpointConfig(every_steps=100))
     train(run_dir=str(root / "ref"), data=clean, num_steps=3, **common)
     ref_ckpt = str(root / "ref" / "checkpoints")
+    # The student's start (a fresh init): its losses go into the score sketch only.
+    save_init_checkpoint(TINY, str(root / "init" / "checkpoints"), seed=5)
     result = scoring.score(str(root / "scored"), data=web, model=TINY, num_batches=4,
                            batches_per_shard=3,
-                           reference=ReferenceConfig(checkpoint=ref_ckpt, dtype="float32"))
+                           reference=ReferenceConfig(checkpoint=ref_ckpt, dtype="float32"),
+                           student_checkpoint=str(root / "init" / "checkpoints"))
     return root, web, ref_ckpt, result, common
 
 
@@ -45,8 +48,8 @@ def test_score_writes_shards_and_index(setup):
     root, web, _, result, _ = setup
     index = json.loads((root / "scored" / "index.json").read_text())
     assert index["num_batches"] == 4 and index["global_batch_size"] == 8
-    assert sorted(p.name for p in (root / "scored").glob("*.npz")) == ["w000-00000.npz",
-                                                                      "w000-00001.npz"]
+    assert sorted(p.name for p in (root / "scored").glob("*.npz")) == [
+        "sketch-w000.npz", "w000-00000.npz", "w000-00001.npz"]
     assert result["tokens"] > 0 and result["tokens_per_s"] > 0
     rows = scored.ScoredReader(str(root / "scored")).rows(0, 8)
     assert rows["ref_loss"].shape == (8, 64)
@@ -127,3 +130,33 @@ def test_a_reference_of_another_size_scores_and_trains_online_as_offline(setup, 
         np.testing.assert_allclose(online[key], offline[key], rtol=1e-6, err_msg=key)
     record = json.loads((tmp_path / "online" / "run_record.json").read_text())
     assert record["reference"]["model"]["d_model"] == 16
+
+
+def test_global_scope_keeps_the_tokens_above_the_corpus_threshold(setup):
+    """Token Cleaning's global threshold: the score job's sketch of the excess loss at the
+    student's start gives t with 60% of the corpus at or above it; a run from that start
+    keeps exactly the tokens of its first batch at or above t (shares differ by batch)."""
+    root, web, _, _, common = setup
+    mesh = sharding.make_mesh(sharding.MeshConfig())
+    init = restore_params(str(root / "init" / "checkpoints"), model_lib.abstract_params(TINY),
+                          sharding.param_shardings(TINY, mesh), binding="init")
+    from slm_jax.slm.train_step import make_score_step
+    student_loss = jax.jit(make_score_step(TINY))
+    reader = scored.ScoredReader(str(root / "scored"))
+    batches = [reader.rows(8 * b, 8) for b in range(4)]
+    excess = [np.asarray(student_loss(init, b)) - b["ref_loss"] for b in batches]
+    valid = [b["loss_weights"] > 0 for b in batches]
+    corpus = np.concatenate([e[v] for e, v in zip(excess, valid)])
+    t, tokens = score_sketch.threshold(str(root / "scored"), "excess", 0.6, binding="x")
+    assert tokens == corpus.size and abs((corpus >= t).mean() - 0.6) < 2 / corpus.size
+
+    summary = train(run_dir=str(root / "global"), data=web, num_steps=1,
+                    selection=SelectionConfig(mode="slm_offline", ratio=0.6, scope="global",
+                                              score="excess"),
+                    scored_data=str(root / "scored"), init_checkpoint=str(root / "init" / "checkpoints"),
+                    **common)
+    shares = [(e[v] >= t).mean() for e, v in zip(excess, valid)]
+    assert abs(summary["selected_frac"] - shares[0]) <= 1.5 / valid[0].sum()
+    assert max(shares) - min(shares) > 2 / valid[0].sum()   # each batch's share is its own
+    record = json.loads((root / "global" / "run_record.json").read_text())
+    assert record["selection"]["threshold"] == pytest.approx(t)

@@ -1,6 +1,7 @@
 """The `train` job (slm_jax/jobs/train.py): non-finite steps stop or skip, SIGTERM checkpoints and resumes."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,10 +13,12 @@ import numpy as np
 import pytest
 
 from slm_jax import model as model_lib
-from slm_jax.parallel.checkpoint import CheckpointConfig, restore_params
-from slm_jax.parallel import sharding
+from slm_jax.parallel.checkpoint import CheckpointConfig, Checkpointer, restore_params
+from slm_jax.parallel import partition, sharding
 from slm_jax.data import pipeline
-from slm_jax.slm.optim import OptimizerConfig
+from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from slm_jax.slm.reference import ReferenceConfig
+from slm_jax.slm.selection import SelectionConfig
 from slm_jax.jobs.train import NonFiniteError, train
 from tests.tiny_corpus import tiny_corpus
 
@@ -118,3 +121,43 @@ def test_profile_traces_the_train_step_and_lines_say_where_time_went(tmp_path, w
     for line in lines:
         assert 0.0 <= line["data_wait_share"] <= 1.0 and 0.0 < line["mfu"] < 1.0
         assert line["peak_mem_bytes"] > 0 and line["step_s"] > 0
+
+
+def test_an_ema_reference_resumes_bit_exactly_and_an_older_checkpoint_gains_one(tmp_path, web,
+                                                                                caplog):
+    """ReferenceConfig.source='ema': the EMA is checkpointed beside the params (4 straight
+    steps == 2 steps, resume, 2 more, bit for bit); a checkpoint written without one (here
+    a CLM run's) resumes with the EMA started from its params and a log line saying so."""
+    reference = ReferenceConfig(source="ema", ema_decay=0.9, dtype="float32")
+    ema = dict(selection=SelectionConfig(mode="slm", ratio=0.5), reference=reference)
+    constant_lr = OptimizerConfig(learning_rate=1e-3, end_lr_ratio=1.0)  # same for 2 or 4 steps
+
+    def run(name, num_steps, **kw):
+        train(run_dir=str(tmp_path / name), data=web, model=TINY, num_steps=num_steps,
+              progress=False, checkpoint=CheckpointConfig(every_steps=2, keep=10),
+              optimizer=constant_lr, **kw)
+
+    def restored(name, step):
+        tx, _ = make_optimizer(OptimizerConfig(), 4)
+        self_ref = reference.self_reference()
+        mesh = sharding.make_mesh(sharding.MeshConfig())
+        with Checkpointer(str(tmp_path / name / "checkpoints")) as ckpt:
+            return jax.device_get(ckpt.restore(
+                partition.abstract_train_state(TINY, tx, self_ref),
+                partition.state_shardings(TINY, tx, mesh, self_reference=self_ref), step))
+
+    run("straight", 4, **ema)
+    run("resumed", 2, **ema)
+    run("resumed", 4, **ema)
+    straight, resumed = restored("straight", 4), restored("resumed", 4)
+    assert straight.ref_params is not None
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(straight.ref_params["embed"]["embedding"],
+                              straight.params["embed"]["embedding"])
+
+    run("older", 2)
+    with caplog.at_level(logging.INFO):
+        run("older", 3, **ema)
+    assert "holds no reference params (written before ReferenceConfig.source='ema')" in caplog.text
+    assert restored("older", 3).ref_params is not None

@@ -10,6 +10,7 @@ import pytest
 from slm_jax import model as model_lib
 from slm_jax.parallel import partition, sharding
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
+from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 from slm_jax.slm.train_step import init_train_state, make_loss_fn, make_train_step
 from tests.test_selection import numpy_select, numpy_select_documents
@@ -193,3 +194,35 @@ def test_document_scope_on_eight_devices_matches_one_device():
     # Looser than test_eight_devices_match_one_device: with fewer tokens kept, Adam's
     # sqrt(v) turns summation-order noise in a near-zero gradient into a ~6e-5 step.
     assert_trees_close(one_state.params, many_state.params, rtol=1e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("source", ["ema", "snapshot"])
+def test_a_self_reference_lives_in_the_state_and_follows_the_params(source):
+    """ssToken's reference: the step's reference forward reads state.ref_params (so the
+    first step's excess loss is 0 up to fusion: the reference is the initial student), and the
+    step updates it from the new params: an EMA every step, a snapshot every N-th."""
+    self_ref = ReferenceConfig(source=source, ema_decay=0.5, snapshot_every=2,
+                               dtype="float32").self_reference()
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
+    tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-2, warmup_steps=0), 100)
+    state_sh = partition.state_shardings(TINY, tx, mesh, self_reference=self_ref)
+    step = partition.jit_train_step(
+        make_train_step(TINY, SelectionConfig(mode="slm", ratio=0.5), tx, schedule,
+                        reference_model_config=TINY, self_reference=self_ref),
+        state_sh, None, mesh)
+    with sharding.activation_sharding(mesh):
+        state = partition.init_state(TINY, tx, jax.random.key(0), state_sh, self_ref)
+        assert state.ref_params["embed"]["embedding"].sharding == \
+            state_sh.params["embed"]["embedding"]
+        history = [jax.device_get(state.params)]
+        for i in range(2):
+            state, m = step(state, None, make_batch(i))
+            history.append(jax.device_get(state.params))
+            if i == 0:
+                assert abs(float(m["excess_loss"])) < 1e-6 and float(m["ref_loss"]) > 1.0
+    p0, p1, p2 = history
+    if source == "ema":   # ref = 0.5 * (0.5 * p0 + 0.5 * p1) + 0.5 * p2
+        expected = jax.tree.map(lambda a, b, c: 0.25 * a + 0.25 * b + 0.5 * c, p0, p1, p2)
+        assert_trees_close(jax.device_get(state.ref_params), expected, rtol=1e-5, atol=1e-6)
+    else:                 # the snapshot after step 2 is p2, exactly
+        assert_trees_close(jax.device_get(state.ref_params), p2, rtol=0, atol=0)

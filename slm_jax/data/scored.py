@@ -33,14 +33,14 @@ def _shard_path(out_dir, writer, shard):
     return os.path.join(out_dir, f"w{writer:03d}-{shard:05d}.npz")
 
 
-def _write_npz(path, arrays):
+def write_npz(path, arrays):
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buf.getvalue())
 
 
-def _read_npz(path):
+def read_npz(path):
     with tf.io.gfile.GFile(path, "rb") as f:
         with np.load(io.BytesIO(f.read())) as z:
             return {k: z[k] for k in z.files}
@@ -80,7 +80,7 @@ class ScoredWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            _write_npz(_shard_path(self.out_dir, jax.process_index(), self._shard),
+            write_npz(_shard_path(self.out_dir, jax.process_index(), self._shard),
                        {k: np.concatenate([p[k] for p in self._pending]) for k in SCORED_KEYS})
             self._pending, self._shard = [], self._shard + 1
 
@@ -114,7 +114,7 @@ class ScoredReader:
     def _shard(self, writer, shard):
         cached = self._cache.get(writer)
         if cached is None or cached[0] != shard:
-            cached = (shard, _read_npz(_shard_path(self.dir, writer, shard)))
+            cached = (shard, read_npz(_shard_path(self.dir, writer, shard)))
             self._cache[writer] = cached
         return cached[1]
 

@@ -6,9 +6,10 @@
   slm, clm   both from base, on exactly the same scored web batches (step 3 vs
              the baseline), evaluated every `eval_every` steps on the held-out
              clean split: loss and exact-match accuracy of greedy answers.
-  variants   optional extra SLM students, one per (score, scope) pair in
-             `selection_variants` (token- vs document-level selection, ranking
-             by excess / student / reference loss), same tokens and evals.
+  variants   optional extra SLM students, one per entry of `selection_variants`
+             (score, scope[, weighting[, reference source]]): token- vs document-
+             level or global selection, what is ranked, how tokens are weighted,
+             a self-reference (EMA/snapshot); same tokens and evals.
 
 Your own data instead of the embedded corpus: `web_files`, `clean_files`,
 `heldout_files` (TFRecord patterns, e.g. from `python -m slm_jax.data.prepare`) and
@@ -131,27 +132,35 @@ def summarize(curves: dict, ratio: float) -> tuple[str, dict]:
     return "\n".join(lines), {"tokens_to_reach_clm_final_loss": reach, "speedup": speedup}
 
 
-def variant_selections(variants, ratio: float) -> dict[str, SelectionConfig]:
-    """{run name: SelectionConfig} of the extra SLM students, checked before any work.
+def variant_selections(variants, ratio: float) -> dict[str, tuple[SelectionConfig,
+                                                                  ReferenceConfig | None]]:
+    """{run name: (SelectionConfig, ReferenceConfig or None)} of the extra SLM students,
+    checked before any work.
 
-    Each is a (score, scope) pair or a (score, scope, weighting) triple (the weighting's
-    tau/lam/kappa are SelectionConfig's bindings). The Rho-1 pair ('excess', 'batch') with
-    hard weighting is the "slm" student itself, not trained twice.
+    Each is (score, scope), (score, scope, weighting) or (score, scope, weighting, source):
+    the weighting's tau/lam/kappa are SelectionConfig's bindings; a source 'ema' or
+    'snapshot' trains online (mode 'slm') against the student's own history
+    (ReferenceConfig's ema_decay/snapshot_every bindings) on the same scored tokens. The
+    Rho-1 pair ('excess', 'batch') with hard weighting is the "slm" student itself.
     """
     main = SelectionConfig(mode="slm_offline", ratio=ratio, weighting="hard")
     selections = {}
     for variant in variants:
-        if not (isinstance(variant, (tuple, list)) and len(variant) in (2, 3)):
+        if not (isinstance(variant, (tuple, list)) and len(variant) in (2, 3, 4)):
             raise ValueError(
-                    f"experiment.selection_variants holds {variant!r}; each entry is a "
-                    "(score, scope) pair or a (score, scope, weighting) triple, e.g. "
-                    "--gin.experiment.selection_variants="
-                    "\"[('student', 'batch'), ('excess', 'batch', 'dense')]\".")
-        score, scope, weighting = (*variant, "hard")[:3]
-        selection = SelectionConfig(mode="slm_offline", ratio=ratio, score=score, scope=scope,
-                                    weighting=weighting)
-        name = f"slm_{score}_{scope}" + ("" if weighting == "hard" else f"_{weighting}")
-        selections["slm" if selection == main else name] = selection
+                    f"experiment.selection_variants holds {variant!r}; each entry is "
+                    "(score, scope), (score, scope, weighting) or (score, scope, weighting, "
+                    "reference source), e.g. --gin.experiment.selection_variants="
+                    "\"[('student', 'batch'), ('excess', 'batch', 'dense'), "
+                    "('excess', 'batch', 'hard', 'ema')]\".")
+        score, scope, weighting, source = (*variant, *("hard", "checkpoint")[len(variant) - 2:])
+        reference = None if source == "checkpoint" else ReferenceConfig(
+            source=source, checkpoint=None, model=None)
+        selection = SelectionConfig(mode="slm_offline" if reference is None else "slm",
+                                    ratio=ratio, score=score, scope=scope, weighting=weighting)
+        name = (f"slm_{score}_{scope}" + ("" if weighting == "hard" else f"_{weighting}")
+                + ("" if reference is None else f"_{source}"))
+        selections["slm" if selection == main else name] = (selection, reference)
     return selections
 
 
@@ -160,18 +169,21 @@ def summarize_variants(curves: dict, selections: dict[str, SelectionConfig]) -> 
     clm = curves["clm"]
     target = clm["loss"][-1]
     lines = [f"Selection variants (CLM: {target:.4f} after {clm['tokens'][-1]:,} tokens)", "",
-             "| run | score | scope | weighting | tokens to reach CLM's final loss | "
-             "final held-out loss |", "|---|---|---|---|---|---|"]
+             "| run | score | scope | weighting | reference | tokens to reach CLM's final loss | "
+             "final held-out loss | final accuracy |", "|---|---|---|---|---|---|---|---|"]
     rows = {}
-    for name, selection in selections.items():
+    for name, (selection, reference) in selections.items():
         curve = curves[name]
         reach = tokens_to_reach(curve["tokens"], curve["loss"], target)
+        source = reference.source if reference else "checkpoint"
         rows[name] = {"score": selection.score, "scope": selection.scope,
-                      "weighting": selection.weighting,
-                      "tokens_to_reach_clm_final_loss": reach, "final_loss": curve["loss"][-1]}
+                      "weighting": selection.weighting, "reference": source,
+                      "tokens_to_reach_clm_final_loss": reach, "final_loss": curve["loss"][-1],
+                      "final_accuracy": curve["accuracy"][-1]}
         reached = f"{reach:,.0f}" if reach else "not reached"
         lines.append(f"| {name} | {selection.score} | {selection.scope} | "
-                     f"{selection.weighting} | {reached} | {curve['loss'][-1]:.4f} |")
+                     f"{selection.weighting} | {source} | {reached} | {curve['loss'][-1]:.4f} | "
+                     f"{curve['accuracy'][-1]:.1%} |")
     return "\n".join(lines), rows
 
 
@@ -257,22 +269,25 @@ def experiment(work_dir: str = "runs/experiment", *,
     if _preempted("reference", reference):
         return {"preempted": True}
     if not os.path.exists(path("scored", "index.json")):
+        # A global scope ranks against the corpus's excess at the students' start (the base).
+        global_scope = any(s.scope == "global" for s, _ in variants.values())
         scoring.score(path("scored"), data=student_web, model=model, num_batches=student_steps,
                       reference=ReferenceConfig(checkpoint=path("reference", "checkpoints"),
-                                                model=model, dtype="float32"))
+                                                model=model, dtype="float32"),
+                      student_checkpoint=base if global_scope else None)
     hooks = list(evals) or ([problems_eval(work_dir, problems, exemplars=exemplars, labels=labels,
                                            num_problems=eval_problems, num_fewshot=num_fewshot,
                                            max_new_tokens=max_new_tokens)]
                             if problems else [])
-    students = {"slm": SelectionConfig(mode="slm_offline", ratio=ratio, weighting="hard"),
+    students = {"slm": (SelectionConfig(mode="slm_offline", ratio=ratio, weighting="hard"), None),
                 **variants,
-                "clm": SelectionConfig(mode="clm", ratio=1.0, weighting="hard")}
-    for name, selection in students.items():
+                "clm": (SelectionConfig(mode="clm", ratio=1.0, weighting="hard"), None)}
+    for name, (selection, self_reference) in students.items():
         if _preempted(name, train_lib.train(
                 run_dir=path(name), data=student_web, num_steps=student_steps,
                 selection=selection, scored_data=path("scored"), init_checkpoint=base,
                 eval_data=eval_data, eval_every=eval_every, eval_first=eval_base,
-                evals=hooks)):
+                evals=hooks, reference=self_reference)):
             return {"preempted": True}
 
     tokens_per_step = student_web.global_batch_size * student_web.seq_len

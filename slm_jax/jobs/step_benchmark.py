@@ -16,6 +16,7 @@ batch), with whether its mask equals the default method's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import statistics
 import time
@@ -65,47 +66,73 @@ MODES = {"clm": "clm", "slm_online": "slm", "slm_offline": "slm_offline"}
 
 
 def _selection_of(mode: str, ratio: float) -> SelectionConfig:
-    """"slm_offline" etc., or "slm_offline:dense": a mode with a token weighting."""
-    name, _, weighting = mode.partition(":")
+    """"slm_offline" etc., "slm_offline:dense" (a mode with a token weighting) or
+    "slm_online@ema" (the online mode with an in-state reference source)."""
+    name, _, weighting = mode.partition("@")[0].partition(":")
     return SelectionConfig(mode=MODES[name], ratio=1.0 if name == "clm" else ratio,
                            weighting=weighting or "hard")
 
 
-def _build_steps(model, ref, modes, ratio, tx, schedule, runtime, host_batch, grad_accum):
-    """{mode: (jitted step, reference params or None, device batch, SelectionConfig)}: each
-    mode's train program, as the train job builds it."""
+def _self_reference_of(mode: str, reference: ReferenceConfig):
+    source = mode.partition("@")[2]
+    return dataclasses.replace(reference, source=source, checkpoint=None, model=None
+                               ).self_reference() if source else None
+
+
+def _build_steps(model, ref, reference, modes, ratio, tx, schedule, runtime, host_batch,
+                 grad_accum):
+    """{mode: (jitted step, reference params or None, device batch, SelectionConfig,
+    SelfReference or None)}: each mode's train program, as the train job builds it."""
     steps = {}
     for mode in modes:
-        selection = _selection_of(mode, ratio)
+        selection, self_ref = _selection_of(mode, ratio), _self_reference_of(mode, reference)
         program = programs.train_program(runtime, model, selection, tx, schedule,
                                          batch_size=host_batch["inputs"].shape[0],
                                          seq_len=host_batch["inputs"].shape[1],
-                                         grad_accum=grad_accum, reference=ref.forward)
+                                         grad_accum=grad_accum, reference=ref.forward,
+                                         self_reference=self_ref)
         batch = jax.device_put({k: host_batch[k] for k in program.args[2]},
                                program.in_shardings(2))
-        steps[mode] = (program.fn, ref.params if selection.mode == "slm" else None, batch,
-                       selection)
+        ref_params = ref.params if selection.mode == "slm" and self_ref is None else None
+        steps[mode] = (program.fn, ref_params, batch, selection, self_ref)
     return steps
 
 
-def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps, profile_dir=None):
-    """({mode: step times}, {mode: peak memory after its warm-up}).
+def _reference_bytes(state, ref_params) -> int:
+    """Bytes of the reference's params the step holds (an in-state one or the argument)."""
+    tree = state.ref_params if state.ref_params is not None else ref_params
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
 
-    One train state goes through every mode's step in turn (same structure), so
-    interleaving costs no memory; the timed steps round-robin over the modes, so drift
-    of a shared machine's speed hits every mode alike instead of whichever ran last.
+
+def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps, profile_dir=None,
+                            param_shardings=None):
+    """({mode: step times}, {mode: peak memory after its warm-up}, {mode: reference bytes}).
+
+    One train state goes through every mode's step in turn, so interleaving costs no
+    memory (a mode with an in-state reference gets one from the params before its step,
+    untimed, and the next mode drops it); the timed steps round-robin over the modes, so
+    drift of a shared machine's speed hits every mode alike instead of whichever ran last.
     """
-    holder = [state]
+    holder = [state, None]   # the state and the kind of its in-state reference
+
+    def adapt(mode):
+        self_ref = steps[mode][4]
+        if holder[1] != (self_ref and self_ref.kind):
+            ref = None if self_ref is None else jax.jit(
+                self_ref.initial, out_shardings=param_shardings)(holder[0].params)
+            holder[:] = [holder[0].replace(ref_params=ref), self_ref and self_ref.kind]
 
     def one_step(mode):
-        step, ref, batch, _ = steps[mode]
+        step, ref, batch, *_ = steps[mode]
         holder[0], metrics = step(holder[0], ref, batch)
         return metrics
     # Peak memory as of each mode's warm-up (process-wide peaks only grow; CLM first).
-    peak_mem = {}
+    peak_mem, ref_bytes = {}, {}
     for mode in modes:
+        adapt(mode)
         time_fn(lambda: one_step(mode), warmup_steps, 0)
         peak_mem[mode] = peak_memory_bytes()
+        ref_bytes[mode] = _reference_bytes(holder[0], steps[mode][1])
     step_times = {mode: [] for mode in modes}
     # The timed steps only: a trace of warm programs (Perfetto JSON beside TensorBoard's).
     trace = (jax.profiler.trace(profile_dir, create_perfetto_trace=True) if profile_dir
@@ -113,9 +140,10 @@ def _interleaved_step_times(steps, state, modes, warmup_steps, timed_steps, prof
     with trace:
         for _ in range(timed_steps):
             for mode in modes:
+                adapt(mode)
                 with jax.profiler.TraceAnnotation(f"train_step_{mode}"):
                     step_times[mode] += time_fn(lambda: one_step(mode), 0, 1)
-    return step_times, peak_mem
+    return step_times, peak_mem, ref_bytes
 
 
 def _selection_seconds(runtime, batch, selection, ratio, warmup_steps, timed_steps) -> float:
@@ -133,7 +161,8 @@ def bench(model: model_lib.ModelConfig | None = None, *,
           selection: SelectionConfig | None = None,
           reference: ReferenceConfig | None = None, mesh: sharding.MeshConfig | None = None,
           select_tokens_count: int = 1 << 20, select_methods=METHODS,
-          weightings=(), profile_dir: str | None = None) -> list[dict]:
+          weightings=(), reference_sources=(),
+          profile_dir: str | None = None) -> list[dict]:
     """Times CLM, SLM-online (reference forward in `ReferenceConfig.dtype`) and SLM-offline
     steps and prints one JSON line per mode, then one per selection method. With
     `profile_dir`, the timed steps are traced there (benchmarks/profile_summary.py).
@@ -142,9 +171,14 @@ def bench(model: model_lib.ModelConfig | None = None, *,
     `ReferenceConfig.model` (or the student's config) in `ReferenceConfig.dtype`, with
     random params. `weightings` (e.g. ("dense", "sparse", "prob")) adds an SLM-offline
     step per token weighting (slm_jax/slm/weighting.py), timed beside the others, with its
-    ratio to the hard top-k step ("ratio_to_hard")."""
+    ratio to the hard top-k step ("ratio_to_hard"). `reference_sources` (e.g. ("snapshot",
+    "ema")) adds an SLM-online step whose reference is the student's own snapshot or EMA
+    (ReferenceConfig.source), with its ratio to the online step with a separate reference
+    ("ratio_to_online"). Every row has "reference_bytes": the reference params it holds."""
     model = model or model_lib.ModelConfig()
-    modes = tuple(modes) + tuple(f"slm_offline:{w}" for w in weightings)
+    modes = (tuple(modes) + tuple(f"slm_offline:{w}" for w in weightings)
+             + tuple(f"slm_online@{s}" for s in reference_sources))
+    reference = reference or ReferenceConfig()
     ratio = (selection or SelectionConfig()).ratio
     runtime = Runtime.from_config(mesh)
     tx, schedule = make_optimizer(OptimizerConfig(), 1000)
@@ -154,15 +188,16 @@ def bench(model: model_lib.ModelConfig | None = None, *,
     results = []
     with runtime.activate():
         # A random reference: the bench times, it does not learn.
-        ref = load_reference(reference or ReferenceConfig(), model, runtime, init_seed=1)
-        steps = _build_steps(model, ref, modes, ratio, tx, schedule, runtime,
+        ref = load_reference(dataclasses.replace(reference, source="checkpoint"), model,
+                             runtime, init_seed=1)
+        steps = _build_steps(model, ref, reference, modes, ratio, tx, schedule, runtime,
                              synthetic_batch(batch_size, seq_len, model.vocab_size), grad_accum)
-        step_times, peak_mem = _interleaved_step_times(
+        step_times, peak_mem, ref_bytes = _interleaved_step_times(
             steps, partition.init_state(model, tx, jax.random.key(0), state_sh), modes,
-            warmup_steps, timed_steps, profile_dir)
+            warmup_steps, timed_steps, profile_dir, state_sh.params)
         for mode in modes:
             step_s = statistics.median(step_times[mode])
-            _, _, batch, selection = steps[mode]
+            _, _, batch, selection, _ = steps[mode]
             flops = slm_step_flops_per_token(
                 model, ref.forward if selection.mode == "slm" else None, seq_len)
             select_s = 0.0 if not selection.selects else _selection_seconds(
@@ -172,6 +207,7 @@ def bench(model: model_lib.ModelConfig | None = None, *,
                 "model_flops_per_token": flops, "achieved_flops": flops * tokens / step_s,
                 "mfu": flops * tokens / step_s / peak, "peak_flops": peak,
                 "peak_source": peak_source, "peak_mem_bytes": peak_mem[mode],
+                "reference_bytes": ref_bytes[mode],
                 "select_share": select_s / step_s, "batch_tokens": tokens,
                 "step_times_s": [round(t, 4) for t in step_times[mode]],
                 "reference_dtype": ref.forward.dtype,
@@ -179,11 +215,14 @@ def bench(model: model_lib.ModelConfig | None = None, *,
             })
     clm = next((r for r in results if r["mode"] == "clm"), None)
     hard = next((r for r in results if r["mode"] == "slm_offline"), None)
+    online = next((r for r in results if r["mode"] == "slm_online"), None)
     for r in results:
         if clm is not None:
             r["ratio_to_clm"] = r["step_s"] / clm["step_s"]
         if hard is not None and ":" in r["mode"]:
             r["ratio_to_hard"] = r["step_s"] / hard["step_s"]
+        if online is not None and "@" in r["mode"]:
+            r["ratio_to_online"] = r["step_s"] / online["step_s"]
         print(json.dumps(r), flush=True)
     if select_tokens_count:
         with runtime.activate():

@@ -10,6 +10,7 @@ are slm_jax/trainer/; this module wires them to the gin configs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import gin
@@ -17,7 +18,7 @@ import jax
 
 from slm_jax import console
 from slm_jax import model as model_lib
-from slm_jax.data import iterator, pipeline, scored
+from slm_jax.data import iterator, pipeline, score_sketch, scored
 from slm_jax.parallel import checkpoint as ckpt_lib
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
@@ -46,8 +47,12 @@ def _check_counts(**counts):
 def _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
                   runtime):
     selection.check_mode()
+    if reference.source != "checkpoint" and selection.mode != "slm":
+        raise ValueError(f"ReferenceConfig.source={reference.source!r} is the reference of the "
+                         "online step: set SelectionConfig.mode='slm' (or unset "
+                         "ReferenceConfig.source).")
     if selection.mode == "slm":
-        if not reference.checkpoint:
+        if reference.source == "checkpoint" and not reference.checkpoint:
             raise ValueError("SelectionConfig.mode='slm' needs a reference model: set "
                              "--gin.ReferenceConfig.checkpoint to the checkpoints/ directory of "
                              "a reference `train` run.")
@@ -61,6 +66,17 @@ def _check_config(model, data, selection, reference, scored_data, grad_accum, on
     checks.check_context(data, model)
     checks.check_batch(data, runtime, grad_accum, grad_accum_binding="train.grad_accum")
     checks.check_tokenizers(data, model, reference if selection.mode == "slm" else None)
+
+
+def _with_global_threshold(selection: SelectionConfig, scored_data) -> SelectionConfig:
+    """Scope "global": the threshold from the scored corpus's sketch (unless set by hand)."""
+    if selection.scope != "global" or selection.threshold is not None:
+        return selection
+    threshold, tokens = score_sketch.threshold(scored_data, selection.score, selection.ratio,
+                                               binding="train.scored_data")
+    logging.info("scope 'global': keeping %s scores >= %.4f, the top %.1f%% of the %d "
+                 "scored tokens", selection.score, threshold, 100 * selection.ratio, tokens)
+    return dataclasses.replace(selection, threshold=threshold)
 
 
 def _prepare_run_dir(run_dir: str) -> None:
@@ -149,9 +165,11 @@ def _make_trainer(runtime, model, selection, ref, tx, schedule, data, grad_accum
     step = programs.train_program(runtime, model, selection, tx, schedule,
                                   batch_size=data.global_batch_size, seq_len=data.seq_len,
                                   grad_accum=grad_accum, reference=ref and ref.forward,
-                                  scored=bool(scored_data))
+                                  scored=bool(scored_data),
+                                  self_reference=ref and ref.self_reference)
     return Trainer(step.fn, num_steps, checkpointer=checkpointer, runtime=runtime, model=model,
-                   tx=tx, state_shardings=step.in_shardings(0))
+                   tx=tx, state_shardings=step.in_shardings(0),
+                   self_reference=ref and ref.self_reference)
 
 
 def _start_records(run_dir, runtime, model, ref, data, start, num_steps, progress,
@@ -238,12 +256,14 @@ def train(run_dir: str = gin.REQUIRED, *,
     _check_inputs(run_dir, model, data, selection, reference, scored_data, eval_data,
                   grad_accum, on_nonfinite, runtime, num_steps=num_steps, log_every=log_every,
                   eval_every=eval_every, eval_batches=eval_batches)
+    selection = _with_global_threshold(selection, scored_data)
     tx, schedule = make_optimizer(optimizer, num_steps)
     with console.log_file(os.path.join(run_dir, "log.txt"), start=False) as log, \
             runtime.activate(), \
             ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
                                   checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:
-        ref = load_reference(reference, model, runtime) if selection.mode == "slm" else None
+        ref = load_reference(reference, model, runtime, in_state=True) \
+            if selection.mode == "slm" else None
         trainer = _make_trainer(runtime, model, selection, ref, tx, schedule, data, grad_accum,
                                 num_steps, checkpointer, scored_data)
         state, data_state = trainer.initial_state(seed, init_checkpoint,

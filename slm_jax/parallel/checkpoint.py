@@ -2,7 +2,8 @@
 
 A checkpoint holds four items: `params`, `opt_state`, `meta` (JSON: step and what
 produced it) and `data_state` (JSON: the data iterator's positions, so a resumed run
-continues with the very batch it would have seen). One orbax save commits them together,
+continues with the very batch it would have seen), and a fifth, `ref_params`, when the
+reference is the student's own EMA or snapshot (ReferenceConfig.source). One orbax save commits them together,
 and `keep` and cleanup apply to all of them alike. Keeping params separate lets an SLM run
 restore the reference model's params alone, read-only, from another run's directory.
 """
@@ -34,7 +35,7 @@ def _abstract_with_shardings(shardings, abstract_tree):
                         shardings, abstract_tree)
 
 
-ITEMS = ("params", "opt_state", "meta", "data_state")
+ITEMS = ("params", "opt_state", "meta", "data_state", "ref_params")
 
 
 class CheckpointMismatchError(ValueError):
@@ -75,6 +76,8 @@ class Checkpointer:
                  "meta": ocp.args.JsonSave({"step": step, **(meta or {})})}
         if data_state is not None:
             items["data_state"] = ocp.args.JsonSave(data_state)
+        if state.ref_params is not None:
+            items["ref_params"] = ocp.args.StandardSave(state.ref_params)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore_latest_readable(self, abstract_state: TrainState,
@@ -114,13 +117,18 @@ class Checkpointer:
 
     def restore(self, abstract_state: TrainState, shardings: TrainState,
                 step: int | None = None) -> TrainState:
+        """`abstract_state.ref_params` set: restores them too when the checkpoint has them
+        (else the state's ref_params is None: a checkpoint from before the reference)."""
         step = self.latest_step() if step is None else step
         target = _abstract_with_shardings(shardings, abstract_state)
+        items = dict(params=ocp.args.StandardRestore(target.params),
+                     opt_state=ocp.args.StandardRestore(target.opt_state),
+                     meta=ocp.args.JsonRestore())
+        if target.ref_params is not None and (
+                epath.Path(self.step_dir(step)) / "ref_params").exists():
+            items["ref_params"] = ocp.args.StandardRestore(target.ref_params)
         try:
-            restored = self._manager.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(target.params),
-                opt_state=ocp.args.StandardRestore(target.opt_state),
-                meta=ocp.args.JsonRestore()))
+            restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         except (ValueError, KeyError) as e:
             detail = _shape_mismatch(os.path.join(self.step_dir(step), "params"),
                                      abstract_state.params)
@@ -131,7 +139,8 @@ class Checkpointer:
                 "resume it with the run's own ModelConfig (its config.gin) or start a new "
                 "run_dir.") from e
         return TrainState(step=jax.device_put(jax.numpy.int32(restored.meta["step"]), shardings.step),
-                           params=restored.params, opt_state=restored.opt_state)
+                           params=restored.params, opt_state=restored.opt_state,
+                           ref_params=restored.ref_params if "ref_params" in items else None)
 
     def wait(self):
         """Blocks until the last (async) save is committed."""

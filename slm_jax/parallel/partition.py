@@ -21,7 +21,8 @@ def compiler_options(mesh: Mesh) -> dict | None:
 
 
 def _state_logical_specs(abstract_state: TrainState, param_specs):
-    """Optimizer moments mirror the params' specs; scalars are replicated."""
+    """Optimizer moments and an in-state reference mirror the params' specs; scalars are
+    replicated."""
     params_def = jax.tree.structure(abstract_state.params)
 
     def like_params(tree):
@@ -30,23 +31,28 @@ def _state_logical_specs(abstract_state: TrainState, param_specs):
     opt_specs = jax.tree.map(
         lambda sub: param_specs if like_params(sub) else jax.tree.map(lambda _: P(), sub),
         abstract_state.opt_state, is_leaf=like_params)
-    return TrainState(step=P(), params=param_specs, opt_state=opt_specs)
+    ref_specs = None if abstract_state.ref_params is None else param_specs
+    return TrainState(step=P(), params=param_specs, opt_state=opt_specs, ref_params=ref_specs)
 
 
-def abstract_train_state(model_config, tx) -> TrainState:
-    return jax.eval_shape(lambda: init_train_state(model_config, tx, jax.random.key(0)))
+def abstract_train_state(model_config, tx, self_reference=None) -> TrainState:
+    return jax.eval_shape(lambda: init_train_state(model_config, tx, jax.random.key(0),
+                                                   self_reference))
 
 
-def state_shardings(model_config, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES) -> TrainState:
-    abstract = abstract_train_state(model_config, tx)
+def state_shardings(model_config, tx, mesh: Mesh, rules=sharding.DEFAULT_RULES,
+                    self_reference=None) -> TrainState:
+    abstract = abstract_train_state(model_config, tx, self_reference)
     specs = _state_logical_specs(abstract, model_lib.logical_param_specs(model_config))
     return sharding.logical_to_shardings(specs, abstract, mesh, rules)
 
 
-def init_state(model_config, tx, rng, shardings: TrainState) -> TrainState:
-    """Initialises params and optimizer state directly into their shards."""
+def init_state(model_config, tx, rng, shardings: TrainState,
+               self_reference=None) -> TrainState:
+    """Initialises params, optimizer state (and an in-state reference) directly into
+    their shards."""
     with jax.set_mesh(shardings.step.mesh):
-        return jax.jit(lambda r: init_train_state(model_config, tx, r),
+        return jax.jit(lambda r: init_train_state(model_config, tx, r, self_reference),
                        out_shardings=shardings)(rng)
 
 

@@ -43,8 +43,9 @@ class Runtime:
     def param_shardings(self, model_config: model_lib.ModelConfig):
         return sharding.param_shardings(model_config, self.mesh, self.rules)
 
-    def state_shardings(self, model_config: model_lib.ModelConfig, tx):
-        return partition.state_shardings(model_config, tx, self.mesh, self.rules)
+    def state_shardings(self, model_config: model_lib.ModelConfig, tx, self_reference=None):
+        return partition.state_shardings(model_config, tx, self.mesh, self.rules,
+                                         self_reference)
 
     @contextlib.contextmanager
     def activate(self):

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 SCOPES = ("batch", "sequence", "document")
+# SelectionConfig's scopes: select_tokens' and "global", a fixed corpus-level threshold.
+CONFIG_SCOPES = SCOPES + ("global",)
 MODES = ("clm", "slm", "slm_offline")
 # What is ranked, highest kept: Rho-1's excess loss, the student's loss alone
 # (plain hard-token mining, no reference needed to rank), or the negated
@@ -53,7 +55,12 @@ class SelectionConfig:
     ratio: share of valid tokens kept in the slm modes, in (0, 1].
     scope: "batch" ranks all tokens of the (micro-)batch together, "sequence"
         ranks each row separately, "document" keeps whole documents (runs of
-        one segment id in a row) by their mean score, see `select_tokens`.
+        one segment id in a row) by their mean score, see `select_tokens`;
+        "global" (mode "slm_offline") keeps every token whose score is at or above
+        the corpus's (1 - ratio) quantile, from the `score` job's sketch
+        (slm_jax/data/score_sketch.py): the share kept varies by batch.
+    threshold: scope "global"'s score threshold; the train job sets it from
+        train.scored_data's sketch (set by hand: a fixed threshold, sketch unread).
     method: how the threshold is found (`METHODS`; see `select_tokens`).
     score: what is ranked, highest kept (`selection_score`): "excess"
         (student - reference loss, Rho-1), "student" (the student's loss),
@@ -81,6 +88,7 @@ class SelectionConfig:
     tau: float = 1.0
     lam: float = 0.0
     kappa: float | None = None
+    threshold: float | None = None
 
     @property
     def selects(self) -> bool:
@@ -91,7 +99,11 @@ class SelectionConfig:
             raise ValueError(
                     f"SelectionConfig.mode={self.mode!r} is not one of {MODES}; set "
                     "SelectionConfig.mode='clm', 'slm' or 'slm_offline'.")
-        check_selection(self.ratio, self.scope, self.method, prefix="SelectionConfig.")
+        if self.scope not in CONFIG_SCOPES:
+            raise ValueError(f"SelectionConfig.scope={self.scope!r} is not one of "
+                             f"{CONFIG_SCOPES}; set SelectionConfig.scope='batch' (Rho-1).")
+        check_selection(self.ratio, "batch" if self.scope == "global" else self.scope,
+                        self.method, prefix="SelectionConfig.")
         if self.score not in SCORES:
             raise ValueError(
                     f"SelectionConfig.score={self.score!r} is not one of {SCORES}; set "
@@ -106,6 +118,10 @@ class SelectionConfig:
             raise ValueError(f"SelectionConfig.weighting={self.weighting!r} ranks by the score, "
                              "which needs the slm modes: set SelectionConfig.mode='slm' or "
                              "'slm_offline' (or SelectionConfig.weighting='prob' for CLM).")
+        if self.scope == "global" and self.mode != "slm_offline":
+            raise ValueError("SelectionConfig.scope='global' ranks against the scored corpus's "
+                             "sketch: set SelectionConfig.mode='slm_offline' and "
+                             "train.scored_data (or another SelectionConfig.scope).")
 
     @property
     def weighs(self) -> bool:
@@ -124,6 +140,11 @@ class SelectionConfig:
                              "SelectionConfig.lam=0.0.")
         if self.kappa is not None:
             validate_ratio(self.kappa, "SelectionConfig.kappa")
+        if self.scope == "global" and self.weighting != "hard":
+            raise ValueError(f"SelectionConfig.scope='global' keeps tokens above a corpus "
+                             f"threshold, with weight 1; SelectionConfig.weighting="
+                             f"{self.weighting!r} needs SelectionConfig.scope='batch' or "
+                             "'sequence'.")
         if self.weighting in ("dense", "sparse"):
             if self.scope == "document":
                 raise ValueError(f"SelectionConfig.weighting={self.weighting!r} weighs "

@@ -30,6 +30,7 @@ import optax
 
 from slm_jax.slm import losses
 from slm_jax import model as model_lib
+from slm_jax.slm.reference import SelfReference
 from slm_jax.slm.selection import SelectionConfig, selection_score
 from slm_jax.slm.weighting import token_weights
 
@@ -41,11 +42,16 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    # The reference's params when they are the student's own history (ReferenceConfig
+    # source "ema"/"snapshot"); None for a checkpoint reference or no reference.
+    ref_params: Any = None
 
 
-def init_train_state(model_config, tx, rng) -> TrainState:
+def init_train_state(model_config, tx, rng, self_reference: SelfReference | None = None
+                     ) -> TrainState:
     params = model_lib.init_params(model_config, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      ref_params=self_reference and self_reference.initial(params))
 
 
 def make_loss_fn(model_config, with_entropy: bool = False) -> Callable:
@@ -75,11 +81,14 @@ def _split_micro_batches(batch: Batch, grad_accum: int) -> Batch:
 
 def make_train_step(model_config, selection: SelectionConfig, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, *, grad_accum: int = 1,
-                    reference_model_config=None) -> Callable:
+                    reference_model_config=None,
+                    self_reference: SelfReference | None = None) -> Callable:
     """Builds `step(state, ref_params, batch) -> (state, metrics)` (not yet jitted).
 
     `ref_params` is ignored (may be None) in "clm" and "slm_offline" modes: no
-    reference forward runs; "slm_offline" batches carry "ref_loss" [B, T].
+    reference forward runs; "slm_offline" batches carry "ref_loss" [B, T]. With
+    `self_reference` the reference is `state.ref_params` (cast to the reference's
+    dtype), updated after each step from the new params.
     """
     entropy = selection.selects and selection.score == "entropy"
     student_loss_fn = make_loss_fn(model_config, with_entropy=entropy)
@@ -122,6 +131,9 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         return grads, sums
 
     def step(state: TrainState, ref_params, batch: Batch):
+        if self_reference is not None:
+            ref_params = jax.tree.map(lambda x: x.astype(self_reference.dtype),
+                                      state.ref_params)
         if grad_accum == 1:
             grads, sums = micro_step(state.params, ref_params, batch)
         else:
@@ -139,10 +151,13 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         grad_norm = optax.global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # A NaN/Inf loss or gradient never reaches the params or the moments.
+        ref_state = self_reference and self_reference.update(state.ref_params, params,
+                                                              state.step + 1)
+        # A NaN/Inf loss or gradient never reaches the params, the moments or the reference.
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(sums["selected_loss"])
-        params, opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                                         (params, opt_state), (state.params, state.opt_state))
+        params, opt_state, ref_state = jax.tree.map(
+            lambda new, old: jnp.where(finite, new, old), (params, opt_state, ref_state),
+            (state.params, state.opt_state, state.ref_params))
         metrics = {
             "loss": sums["loss"] / n_tokens,
             "selected_loss": sums["selected_loss"] / normaliser,
@@ -155,7 +170,8 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         if use_reference:
             metrics["ref_loss"] = sums["ref_loss"] / n_tokens
             metrics["excess_loss"] = sums["excess"] / n_tokens
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                          ref_params=ref_state), metrics
 
     return step
 

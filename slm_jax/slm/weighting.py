@@ -7,7 +7,9 @@ field has published since, as one pure function of the step's per-token quantiti
 `SelectionConfig.weighting` (slm_jax/slm/selection.py) picks the rule:
 
   hard    Rho-1: w = 1 on the top `ratio` share of tokens by score, 0 elsewhere;
-          normaliser = the number kept (the mean over selected tokens).
+          normaliser = the number kept (the mean over selected tokens). Scope "global":
+          w = 1 where the score is at or above SelectionConfig.threshold, the corpus's
+          (1 - ratio) quantile (Token Cleaning, ICML 2025).
   dense   Token Weighting (NAACL 2025 Findings): w = n * softmax(score / tau) over the
           scope's n valid tokens (mean weight 1), then (1 - lam) * w + lam; normaliser =
           sum(w). lam = 1 is plain CLM; Rho-1 is the hard, lam = 0 corner of `sparse`.
@@ -54,6 +56,12 @@ def token_weights(selection, score_BT, valid_BT, segment_ids_BT=None, prob_BT=No
     score_BT = jax.lax.stop_gradient(score_BT)
     valid_BT = valid_BT.astype(jnp.float32)
     kind = selection.weighting
+    if kind == "hard" and selection.scope == "global":
+        if selection.threshold is None:
+            raise ValueError("SelectionConfig.scope='global' needs SelectionConfig.threshold "
+                             "(the train job sets it from train.scored_data's score sketch).")
+        mask_BT = (valid_BT > 0) & (score_BT >= selection.threshold)
+        return mask_BT.astype(jnp.float32), mask_BT.sum().astype(jnp.float32)
     if kind == "hard":
         mask_BT = select_tokens(score_BT, valid_BT, selection.ratio, selection.scope,
                                 selection.method, segment_ids_BT)

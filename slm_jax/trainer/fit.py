@@ -194,13 +194,15 @@ def program_specs(run: RunConfigs, runtime) -> list[ProgramSpec]:
     tokens, length = data.global_batch_size * data.seq_len, data.seq_len
     online = run.selection.mode == "slm"
     ref_forward = run.reference.forward_config(run.model) if run.selection.selects else None
+    self_reference = run.reference.self_reference() if online else None
     kernel = lambda config: attention.resolve_attention(config, length)  # noqa: E731
     tx, schedule = make_optimizer(run.optimizer, run.num_steps)
 
     def train(batch, accum):
         return lambda s, r: programs.train_program(
             runtime, s, run.selection, tx, schedule, batch_size=batch, seq_len=length,
-            grad_accum=accum, reference=r if online else None, scored=run.scored)
+            grad_accum=accum, reference=r if online else None, scored=run.scored,
+            self_reference=self_reference)
 
     def train_flops(s, r, only_pallas=False):
         r = r if online else None
@@ -212,7 +214,7 @@ def program_specs(run: RunConfigs, runtime) -> list[ProgramSpec]:
         flops.slm_step_flops_per_token(run.model, ref_forward if online else None, length)
         * tokens / chips, twin_build=train(data.global_batch_size // run.grad_accum, 1),
         times=run.grad_accum)]
-    if ref_forward is not None:
+    if ref_forward is not None and self_reference is None:
         specs.append(ProgramSpec(
             "score_step", lambda s, r: programs.score_program(
                 runtime, r, batch_size=data.global_batch_size, seq_len=length),

@@ -77,25 +77,27 @@ def abstract_params(runtime, model: model_lib.ModelConfig, dtype=None):
 
 def train_program(runtime, model, selection, tx, schedule, *, batch_size: int, seq_len: int,
                   grad_accum: int = 1, reference: model_lib.ModelConfig | None = None,
-                  scored: bool | None = None) -> Program:
+                  scored: bool | None = None, self_reference=None) -> Program:
     """`step(state, ref_params, batch) -> (state, metrics)`, the state donated.
 
     `reference`: the config the reference's forward runs with (LoadedReference.forward);
-    its params are an argument only in mode "slm". `scored`: the batches come from a
-    `score` job's output and carry the stored reference losses ("ref_loss"), as they must in
-    mode "slm_offline" (the default) and may in any mode (runs compared on the same tokens)."""
-    state_sh = runtime.state_shardings(model, tx)
-    online = selection.mode == "slm"
-    ref_sh = runtime.param_shardings(reference or model) if online else None
+    its params are an argument only in mode "slm" with a checkpoint reference
+    (`self_reference`, ReferenceConfig.self_reference(), keeps them in the state).
+    `scored`: the batches come from a `score` job's output and carry the stored reference
+    losses ("ref_loss"), as they must in mode "slm_offline" (the default) and may in any
+    mode (runs compared on the same tokens)."""
+    state_sh = runtime.state_shardings(model, tx, self_reference)
+    ref_argument = selection.mode == "slm" and self_reference is None
+    ref_sh = runtime.param_shardings(reference or model) if ref_argument else None
     scored = selection.mode == "slm_offline" if scored is None else scored
     keys = SCORED_KEYS if scored else BATCH_KEYS
     fn = partition.jit_train_step(
         make_train_step(model, selection, tx, schedule, grad_accum=grad_accum,
-                        reference_model_config=reference),
+                        reference_model_config=reference, self_reference=self_reference),
         state_sh, ref_sh, runtime.mesh, batch_keys=keys)
-    state = _with_shardings(partition.abstract_train_state(model, tx), state_sh)
-    ref = abstract_params(runtime, reference or model, (reference or model).dtype) if online \
-        else None
+    state = _with_shardings(partition.abstract_train_state(model, tx, self_reference), state_sh)
+    ref = abstract_params(runtime, reference or model, (reference or model).dtype) \
+        if ref_argument else None
     return Program("train_step", fn, (state, ref, abstract_batch(runtime, batch_size, seq_len,
                                                                  keys)))
 
@@ -149,19 +151,22 @@ def generation_programs(runtime, model, shape: GenerationShape,
 
 def run_programs(model, data, selection, optimizer, reference_forward, runtime, *,
                  num_steps: int = 1000, grad_accum: int = 1,
-                 generation: GenerationShape | None = None) -> list[Program]:
+                 generation: GenerationShape | None = None,
+                 self_reference=None) -> list[Program]:
     """Every program a run of these configs compiles: its train step, the held-out eval
     step, where a reference runs (mode "slm", or the `score` job that feeds
     "slm_offline") the reference's score step, and with `generation` the prefill and
     decode of a generating eval. `data`: the run's DataConfig or a BatchShape.
     `reference_forward`: the reference's forward ModelConfig
-    (`ReferenceConfig.forward_config(model)`), or None."""
+    (`ReferenceConfig.forward_config(model)`), or None; `self_reference`: an in-state
+    reference (ReferenceConfig.self_reference()), which no score job runs."""
     tx, schedule = make_optimizer(optimizer, num_steps)
     shape = dict(batch_size=data.global_batch_size, seq_len=data.seq_len)
     programs = [train_program(runtime, model, selection, tx, schedule, grad_accum=grad_accum,
-                              reference=reference_forward, **shape),
+                              reference=reference_forward, self_reference=self_reference,
+                              **shape),
                 eval_program(runtime, model, **shape)]
-    if selection.selects and reference_forward is not None:
+    if selection.selects and reference_forward is not None and self_reference is None:
         programs.append(score_program(runtime, reference_forward, **shape))
     if generation is not None:
         programs += generation_programs(runtime, model, generation)

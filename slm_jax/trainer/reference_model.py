@@ -7,8 +7,9 @@ per-token losses (train's step, score, analyze, bench).
 
 Sources: the latest checkpoint under `ReferenceConfig.checkpoint` (the default) or a random
 init (`init_seed`: the bench times, it does not learn). A reference whose params live in
-the train state (an EMA or a snapshot of the student) is one more source: a
-LoadedReference with `params=None` whose step reads them from the state.
+the train state (ReferenceConfig.source "ema"/"snapshot") is one more source: a
+LoadedReference with `params=None` and its `self_reference`; the step reads the params
+from the state.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class LoadedReference:
     params: object           # cast to forward.dtype, sharded like `shardings`
     shardings: object
     source: str              # where the params came from, for run records and logs
+    # Set for ReferenceConfig.source "ema"/"snapshot": `params` is None, the train
+    # state holds them (TrainState.ref_params).
+    self_reference: object = None
 
     def per_token_losses(self, runtime, out_sharding=None) -> Callable:
         """batch -> the reference's loss [B, T] float32, zero where loss_weights is 0
@@ -46,17 +50,29 @@ class LoadedReference:
 
 
 def load_reference(config: ReferenceConfig, student: model_lib.ModelConfig, runtime, *,
-                   dtype: str | None = None, init_seed: int | None = None) -> LoadedReference:
+                   dtype: str | None = None, init_seed: int | None = None,
+                   in_state: bool = False) -> LoadedReference:
     """The reference of `config` beside `student`, restored into its shards.
 
     dtype: overrides `config.dtype` (analyze asks for "float32": its page shows the stored
       params' own losses).
     init_seed: random params from this seed instead of the checkpoint.
+    in_state: the caller's step reads an EMA/snapshot reference from its train state
+      (the train job); elsewhere ReferenceConfig.source must be "checkpoint".
     """
     config.check_compatible(student)
     forward = (model_lib.computing_in(config.model_config(student), dtype, "dtype") if dtype
                else config.forward_config(student))
     shardings = runtime.param_shardings(forward)
+    self_reference = config.self_reference()
+    if self_reference is not None and not in_state:
+        raise ValueError(f"ReferenceConfig.source={config.source!r} is the student's own "
+                         "history, which exists only inside a train run; this job scores with "
+                         "a stored reference: set ReferenceConfig.source='checkpoint' and "
+                         "ReferenceConfig.checkpoint.")
+    if self_reference is not None:  # the step reads it from the train state
+        return LoadedReference(forward, None, shardings, self_reference.describe(),
+                               self_reference)
     if init_seed is not None:
         params = jax.jit(lambda r: model_lib.init_params(forward, r),
                          out_shardings=shardings)(jax.random.key(init_seed))

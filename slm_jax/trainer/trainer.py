@@ -51,10 +51,10 @@ class Trainer:
     step to `num_steps`; after each step, every due hook in the order added."""
 
     def __init__(self, step_fn: Callable, num_steps: int, *, checkpointer, runtime, model, tx,
-                 state_shardings):
+                 state_shardings, self_reference=None):
         self.step_fn, self.num_steps = step_fn, num_steps
         self.checkpointer, self.runtime, self.model, self.tx = checkpointer, runtime, model, tx
-        self.state_shardings = state_shardings
+        self.state_shardings, self.self_reference = state_shardings, self_reference
         self._hooks: list[_Hook] = []
         self._before_step: list[Callable[[int], None]] = []
         self._final: list[Callable[[object], None]] = []
@@ -63,20 +63,34 @@ class Trainer:
                       init_binding: str = "init_checkpoint"):
         """(state, saved data state or None): resume from the checkpointer's directory, else
         `init_checkpoint`'s params with a fresh optimizer state, else a fresh init from
-        `seed`. Errors about `init_checkpoint` name `init_binding`."""
-        model, tx, state_sh = self.model, self.tx, self.state_shardings
+        `seed`. Errors about `init_checkpoint` name `init_binding`. An in-state reference
+        (EMA/snapshot) starts from the params the run starts from."""
+        model, tx, state_sh, self_ref = self.model, self.tx, self.state_shardings, \
+            self.self_reference
         if self.checkpointer.latest_step() is not None:
             state = self.checkpointer.restore_latest_readable(
-                partition.abstract_train_state(model, tx), state_sh)
+                partition.abstract_train_state(model, tx, self_ref), state_sh)
             step = int(jax.device_get(state.step))
             logging.info("resumed from step %d", step)
+            if self_ref is not None and state.ref_params is None:
+                logging.info("the checkpoint of step %d holds no reference params (written "
+                             "before ReferenceConfig.source=%r); the %s starts from its params",
+                             step, self_ref.kind, self_ref.describe())
+                state = self._with_initial_reference(state)
             return state, self.checkpointer.restore_data_state(step)
-        state = partition.init_state(model, tx, jax.random.key(seed), state_sh)
+        state = partition.init_state(model, tx, jax.random.key(seed), state_sh, self_ref)
         if init_checkpoint:
             params = self.runtime.restore_params(init_checkpoint, model, binding=init_binding)
-            state = state.replace(params=params, opt_state=jax.jit(
-                tx.init, out_shardings=state_sh.opt_state)(params))
+            state = self._with_initial_reference(state.replace(params=params, opt_state=jax.jit(
+                tx.init, out_shardings=state_sh.opt_state)(params)))
         return state, None
+
+    def _with_initial_reference(self, state):
+        if self.self_reference is None:
+            return state
+        return state.replace(ref_params=jax.jit(
+            self.self_reference.initial,
+            out_shardings=self.state_shardings.ref_params)(state.params))
 
     def add_hook(self, fn: Callable[[StepInfo], None], every: int = 1, *,
                  at_last: bool = False) -> None:
