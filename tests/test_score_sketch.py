@@ -44,7 +44,7 @@ def test_writers_merge_and_missing_scores_or_sketches_name_the_fix(tmp_path):
     assert tokens == 512
     assert abs(t - np.median(np.concatenate([a, b]))) < 0.05
     with pytest.raises(ValueError, match=r"score='excess'.*has no sketch of: rerun the `score` "
-                                         r"job with --gin.score.student_checkpoint="):
+                                         r"job with score.student_checkpoint="):
         score_sketch.threshold(scored_dir, "excess", 0.5, binding="train.scored_data")
     with pytest.raises(ValueError, match=r"score='entropy'.*set SelectionConfig.score to one "
                                          r"of \['reference'\]"):

@@ -1,5 +1,6 @@
 """Per-token weights of the objective (slm_jax/slm/weighting.py): hard = Rho-1's mask,
-dense/sparse softmax weights, DFT's probability weights; invariant to sharding."""
+a global threshold, dense/sparse softmax weights, DFT's probability weights; invariant to
+sharding (the entropy score too)."""
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ def inputs(seed=0):
 
 def weights(seed=0, **config):
     score, valid, segments = inputs(seed)
-    selection = SelectionConfig(mode="slm", **config)
+    selection = SelectionConfig(**{"mode": "slm", **config})
     w, norm = jax.jit(lambda s, v, g: token_weights(selection, s, v, g, jnp.exp(-s)))(
         score, valid, segments)
     return np.asarray(w), float(norm), score, valid, segments
@@ -100,10 +101,12 @@ def test_a_ranking_weighting_in_clm_mode_is_refused_by_the_mode_check():
     SelectionConfig(mode="clm", weighting="prob").check_mode()     # DFT needs no reference
 
 
-@pytest.mark.parametrize("weighting, mode", [("dense", "slm"), ("sparse", "slm"),
-                                             ("prob", "clm")])
-def test_eight_devices_train_like_one_with_every_weighting(weighting, mode):
-    selection = SelectionConfig(mode=mode, ratio=0.6, weighting=weighting, tau=0.5)
+@pytest.mark.parametrize("weighting, mode, score", [
+    ("dense", "slm", "excess"), ("sparse", "slm", "excess"), ("prob", "clm", "excess"),
+    ("hard", "slm", "entropy")])
+def test_eight_devices_train_like_one_with_every_weighting(weighting, mode, score):
+    selection = SelectionConfig(mode=mode, ratio=0.6, weighting=weighting, tau=0.5,
+                                score=score)
     one_state, one_metrics = run_steps(selection, devices=jax.devices()[:1], steps=2)
     many_state, many_metrics = run_steps(selection, sharding.MeshConfig(data=2, fsdp=2,
                                                                         tensor=2), steps=2)
@@ -122,3 +125,16 @@ def test_lam_one_trains_exactly_like_clm():
     assert_trees_close(clm_state.params, mixed_state.params, rtol=1e-6, atol=1e-7)
     for c, m in zip(clm_metrics, mixed_metrics):
         np.testing.assert_allclose(c["selected_loss"], m["selected_loss"], rtol=1e-6)
+
+
+def test_a_global_scope_keeps_every_valid_token_at_or_above_the_threshold():
+    w, norm, score, valid, _ = weights(ratio=0.6, scope="global", threshold=0.25,
+                                       mode="slm_offline")
+    expected = (np.asarray(valid) > 0) & (np.asarray(score) >= 0.25)
+    np.testing.assert_array_equal(w, expected.astype(np.float32))
+    assert norm == expected.sum() and 0 < norm < np.asarray(valid).sum()
+    with pytest.raises(ValueError, match="scope='global' ranks against the scored corpus's "
+                                         "sketch: set SelectionConfig.mode='slm_offline'"):
+        SelectionConfig(mode="slm", scope="global").check_mode()
+    with pytest.raises(ValueError, match="scope='global' keeps tokens above a corpus threshold"):
+        SelectionConfig(mode="slm_offline", scope="global", weighting="dense")

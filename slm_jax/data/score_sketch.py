@@ -83,7 +83,7 @@ def threshold(scored_dir: str, score: str, ratio: float, *, binding: str) -> tup
                          "before SelectionConfig.scope='global' existed): run the `score` job "
                          "again into a new out_dir.")
     if score not in counts:
-        fix = ("rerun the `score` job with --gin.score.student_checkpoint=<the student's "
+        fix = ("rerun the `score` job with score.student_checkpoint=<the student's "
                "starting checkpoint (train.init_checkpoint)>, or set "
                "SelectionConfig.score='reference'" if score in SKETCH_SCORES else
                f"set SelectionConfig.score to one of {sorted(counts)}")

@@ -24,12 +24,9 @@ import numpy as np
 
 from slm_jax import model as model_lib
 from slm_jax.model.decoder import project
+from slm_jax.model.generate import round_up
 
 Request = tuple[Sequence[int], Sequence[int]]
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def _next_power_of_two(n: int) -> int:
@@ -49,7 +46,7 @@ def token_scores(hidden_BTD, unembed_DV, targets_BT, chunk_size: int):
     """Per-position (log p(target) [B, T] fp32, target is the argmax [B, T] bool)."""
     batch, length, d_model = hidden_BTD.shape
     chunk = min(chunk_size, length)
-    padded = _round_up(length, chunk)
+    padded = round_up(length, chunk)
     hidden_BTD = jnp.pad(hidden_BTD, ((0, 0), (0, padded - length), (0, 0)))
     targets_BT = jnp.pad(targets_BT, ((0, 0), (0, padded - length)))
     # Chunks lead, batch stays second: the batch sharding carries through lax.map.
@@ -124,8 +121,8 @@ class ContinuationScorer:
 
     def _batch(self, windows, n_scored) -> dict[str, np.ndarray]:
         longest = max(len(inputs) for inputs, _ in windows)
-        width = min(_round_up(longest, self.length_bucket), self.max_length)
-        rows = _round_up(min(_next_power_of_two(len(windows)), self.batch_size),
+        width = min(round_up(longest, self.length_bucket), self.max_length)
+        rows = round_up(min(_next_power_of_two(len(windows)), self.batch_size),
                          self.runtime.data_parallel_size)
         inputs = np.zeros((rows, width), np.int32)
         targets = np.zeros((rows, width), np.int32)

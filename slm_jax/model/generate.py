@@ -135,7 +135,8 @@ def decode_steps(params, state, stop_at, temperature, top_p, *, config, eos_id):
     return jax.lax.while_loop(cond, body, state)
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """The smallest multiple of `multiple` >= n (batch and length buckets)."""
     return -(-n // multiple) * multiple
 
 
@@ -231,10 +232,10 @@ class Generator:
             raise ValueError(f"a prompt of {longest} tokens leaves no room under "
                              f"ModelConfig.max_seq_len={cfg.max_seq_len}")
         # Bucketed prompt width, but never at the cost of new tokens under max_seq_len.
-        width = max(longest, min(_round_up(longest, self.prompt_bucket),
+        width = max(longest, min(round_up(longest, self.prompt_bucket),
                                  cfg.max_seq_len - max_new_tokens))
         new_tokens = min(max_new_tokens, cfg.max_seq_len - width)
-        batch = _round_up(len(prompts), self._data_parallel_size())
+        batch = round_up(len(prompts), self._data_parallel_size())
         tokens = np.zeros((batch, width), np.int32)
         mask = np.zeros((batch, width), np.int32)
         for i, p in enumerate(prompts):

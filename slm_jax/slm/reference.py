@@ -94,11 +94,11 @@ class ReferenceConfig:
         if self.source == "ema" and not (isinstance(self.ema_decay, float)
                                          and 0.0 < self.ema_decay < 1.0):
             raise ValueError(f"ReferenceConfig.ema_decay={self.ema_decay!r} must be a float in "
-                             "(0, 1); set e.g. --gin.ReferenceConfig.ema_decay=0.999.")
+                             "(0, 1); set e.g. ReferenceConfig.ema_decay=0.999.")
         if self.source == "snapshot" and (isinstance(self.snapshot_every, bool) or not isinstance(
                 self.snapshot_every, int) or self.snapshot_every < 1):
             raise ValueError(f"ReferenceConfig.snapshot_every={self.snapshot_every!r} must be an "
-                             "int >= 1; set e.g. --gin.ReferenceConfig.snapshot_every=1000.")
+                             "int >= 1; set e.g. ReferenceConfig.snapshot_every=1000.")
         if self.source != "checkpoint" and (self.checkpoint or self.model):
             which = "checkpoint" if self.checkpoint else "model"
             raise ValueError(f"ReferenceConfig.source={self.source!r} takes the reference from the "

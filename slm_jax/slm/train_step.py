@@ -7,7 +7,7 @@ excess loss, top-k mask and the optax update, all in one XLA program.
     loss_BT         = student(batch)
     score_BT        = loss_BT - ref_loss_BT            (SelectionConfig.score: or loss_BT,
                                                         or -ref_loss_BT)
-    w_BT, norm      = token_weights(selection, score_BT, weights_BT, segment_ids_BT)
+    w_BT, norm      = objective_weights(selection, loss_BT, ref_loss_BT, weights_BT, ...)
                       (Rho-1's "hard" weighting: the top-k mask of select_tokens,
                        norm = its count; dense/sparse/prob: slm_jax/slm/weighting.py)
     objective       = sum(w_BT * loss_BT) / max(norm, 1)
@@ -31,8 +31,8 @@ import optax
 from slm_jax.slm import losses
 from slm_jax import model as model_lib
 from slm_jax.slm.reference import SelfReference
-from slm_jax.slm.selection import SelectionConfig, selection_score
-from slm_jax.slm.weighting import token_weights
+from slm_jax.slm.selection import SelectionConfig
+from slm_jax.slm.weighting import objective_weights
 
 Batch = dict[str, jax.Array]
 
@@ -94,7 +94,6 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
     student_loss_fn = make_loss_fn(model_config, with_entropy=entropy)
     reference_loss_fn = make_loss_fn(reference_model_config or model_config)
     use_reference = selection.selects
-    weighs = selection.weighs
 
     def micro_step(params, ref_params, micro: Batch):
         weights_BT = micro["loss_weights"].astype(jnp.float32)
@@ -108,13 +107,8 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         def objective(p):
             loss_BT, entropy_BT = student_loss_fn(p, micro) if entropy else (
                 student_loss_fn(p, micro), None)
-            if weighs:
-                score_BT = selection_score(selection.score, jax.lax.stop_gradient(loss_BT),
-                                           ref_loss_BT, entropy_BT)
-                w_BT, norm = token_weights(selection, score_BT, weights_BT,
-                                           micro["segment_ids"], jnp.exp(-loss_BT))
-            else:
-                w_BT, norm = weights_BT, weights_BT.sum()
+            w_BT, norm = objective_weights(selection, loss_BT, ref_loss_BT, weights_BT,
+                                           micro["segment_ids"], entropy_BT)
             return (w_BT * loss_BT).sum(), (loss_BT, w_BT, norm)
 
         (selected_sum, (loss_BT, w_BT, norm)), grads = jax.value_and_grad(
@@ -149,15 +143,8 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         n_tokens = jnp.maximum(sums["tokens"], 1.0)
         grads = jax.tree.map(lambda g: g / normaliser, grads)
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ref_state = self_reference and self_reference.update(state.ref_params, params,
-                                                              state.step + 1)
-        # A NaN/Inf loss or gradient never reaches the params, the moments or the reference.
         finite = jnp.isfinite(grad_norm) & jnp.isfinite(sums["selected_loss"])
-        params, opt_state, ref_state = jax.tree.map(
-            lambda new, old: jnp.where(finite, new, old), (params, opt_state, ref_state),
-            (state.params, state.opt_state, state.ref_params))
+        new_state = _apply_gradients(tx, state, grads, finite, self_reference)
         metrics = {
             "loss": sums["loss"] / n_tokens,
             "selected_loss": sums["selected_loss"] / normaliser,
@@ -170,10 +157,23 @@ def make_train_step(model_config, selection: SelectionConfig, tx: optax.Gradient
         if use_reference:
             metrics["ref_loss"] = sums["ref_loss"] / n_tokens
             metrics["excess_loss"] = sums["excess"] / n_tokens
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                          ref_params=ref_state), metrics
+        return new_state, metrics
 
     return step
+
+
+def _apply_gradients(tx, state: TrainState, grads, finite, self_reference) -> TrainState:
+    """The optax update (and an in-state reference's), applied only where `finite`: a
+    NaN/Inf loss or gradient never reaches the params, the moments or the reference."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ref_params = self_reference and self_reference.update(state.ref_params, params,
+                                                           state.step + 1)
+    params, opt_state, ref_params = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old), (params, opt_state, ref_params),
+        (state.params, state.opt_state, state.ref_params))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state,
+                      ref_params=ref_params)
 
 
 def make_score_step(model_config) -> Callable:

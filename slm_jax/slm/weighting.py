@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from slm_jax.slm.selection import WEIGHTINGS, select_tokens
+from slm_jax.slm.selection import WEIGHTINGS, select_tokens, selection_score
 
 
 def _softmax_weights(score_BT, keep_BT, tau: float, scope: str):
@@ -79,3 +79,14 @@ def token_weights(selection, score_BT, valid_BT, segment_ids_BT=None, prob_BT=No
         raise ValueError(f"SelectionConfig.weighting={kind!r} is not one of {WEIGHTINGS}")
     w_BT = (1.0 - selection.lam) * w_BT + selection.lam * valid_BT
     return w_BT, w_BT.sum()
+
+
+def objective_weights(selection, loss_BT, ref_loss_BT, valid_BT, segment_ids_BT,
+                      entropy_BT=None):
+    """(w_BT, normaliser) of the train step's objective: every valid token for plain CLM,
+    else `token_weights` of the selection's score (`selection_score`) of these losses."""
+    if not selection.weighs:
+        return valid_BT, valid_BT.sum()
+    loss_BT = jax.lax.stop_gradient(loss_BT)
+    score_BT = selection_score(selection.score, loss_BT, ref_loss_BT, entropy_BT)
+    return token_weights(selection, score_BT, valid_BT, segment_ids_BT, jnp.exp(-loss_BT))

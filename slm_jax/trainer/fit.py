@@ -22,6 +22,7 @@ from slm_jax import hardware
 from slm_jax import model as model_lib
 from slm_jax.data import pipeline
 from slm_jax.model import attention
+from slm_jax.model.generate import round_up
 from slm_jax.parallel import sharding
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from slm_jax.slm.reference import ReferenceConfig
@@ -183,10 +184,6 @@ class RunConfigs:
     generation: programs.GenerationShape | None
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def program_specs(run: RunConfigs, runtime) -> list[ProgramSpec]:
     """The programs the run executes, each buildable for any layer count (fit.ProgramSpec).
     Call inside runtime.activate(): kernels and the reference's dtype follow the mesh."""
@@ -230,7 +227,7 @@ def program_specs(run: RunConfigs, runtime) -> list[ProgramSpec]:
                 s, seq, attention.resolve_attention(s, seq), only_pallas) * batch * seq / chips,
             flops.forward_flops_per_token(run.model, seq) * batch * seq / chips))
     if run.generation is not None:
-        shape = dataclasses.replace(run.generation, batch_size=_round_up(
+        shape = dataclasses.replace(run.generation, batch_size=round_up(
             run.generation.batch_size, runtime.data_parallel_size))
         for i, name in enumerate(("generate_prefill", "generate_decode")):
             specs.append(ProgramSpec(name, lambda s, r, i=i: programs.generation_programs(

@@ -102,3 +102,23 @@ def test_the_paper_runs_share_one_common_file_and_bind_the_reference_once():
         text = open(os.path.join(REPO, "gin", "runs", f"{run}.gin")).read()
         assert "include 'gin/runs/common.gin'" in text
         assert "OptimizerConfig.weight_decay" not in text and "MeshConfig" not in text
+
+
+@pytest.mark.parametrize("overlay, source", [("reference_ema", "ema"),
+                                             ("reference_snapshot", "snapshot")])
+def test_self_reference_overlays_replace_the_reference_run(overlay, source):
+    """Over a paper run (which binds REFERENCE_CHECKPOINT), the overlay leaves no reference
+    checkpoint bound: the student's own history is the reference."""
+    from slm_jax.slm.reference import ReferenceConfig
+    parse("gin/runs/rho1_math_1b.gin", f"gin/ablations/{overlay}.gin")
+    reference = ReferenceConfig()
+    assert reference.checkpoint is None and reference.self_reference().kind == source
+    assert SelectionConfig().mode == "slm"
+
+
+def test_the_global_scope_composes_after_offline():
+    parse("gin/runs/rho1_math_1b.gin", "gin/ablations/offline.gin",
+          "gin/ablations/scope_global.gin")
+    selection = SelectionConfig()
+    assert (selection.mode, selection.scope, selection.ratio) == ("slm_offline", "global", 0.6)
+    selection.check_mode()
