@@ -21,12 +21,28 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 class _ConsoleFilter(logging.Filter):
-    """Records logged by code in this package at INFO+, everyone else's at ERROR+."""
+    """Records logged by code in this package at INFO+, everyone else's at ERROR+, except
+    orbax's: its errors (a failed async save, once per thread) reach the console as the one
+    line the Checkpointer raises, and the log file whole."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        own = (os.path.abspath(record.pathname).startswith(_PACKAGE_DIR + os.sep)
-               and record.name != _native_log.name)
+        path = os.path.abspath(record.pathname)
+        if _ORBAX_DIR in path:
+            return False
+        own = (path.startswith(_PACKAGE_DIR + os.sep)
+               and record.name not in (_native_log.name, _unraisable_log.name))
         return record.levelno >= (logging.INFO if own else logging.ERROR)
+
+
+_ORBAX_DIR = f"{os.sep}orbax{os.sep}checkpoint{os.sep}"
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A log file that stops, without a word on the console, when its disk is full (the
+    write that needed the space says so)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.setLevel(logging.CRITICAL + 1)
 
 
 # Lines C++ libraries write to fd 2 on their own: absl's INFO/WARNING lines (TensorFlow's
@@ -98,6 +114,25 @@ def setup() -> None:
     root.addHandler(handler)
 
 
+_unraisable_log = logging.getLogger("slm_jax.unraisable")
+
+
+def _log_unraisable(unraisable) -> None:
+    _unraisable_log.warning("%s: %r", unraisable.err_msg or "Exception ignored in",
+                            unraisable.object, exc_info=(unraisable.exc_type, unraisable.exc_value,
+                                                         unraisable.exc_traceback))
+
+
+def quiet_after_refusal() -> None:
+    """After a refusal's one line, the console shows nothing more: what libraries still
+    report while their pending work winds down (asyncio's "Task exception was never
+    retrieved", "Exception ignored in: <coroutine ...>" at exit) goes to the log file only."""
+    for handler in logging.getLogger().handlers:
+        if getattr(handler, "_slm_console", False):
+            handler.setLevel(logging.CRITICAL + 1)
+    sys.unraisablehook = _log_unraisable
+
+
 class log_file:
     """Every log record (all libraries, INFO+) also goes to `path` from `start()` (or from
     entering, with `start=True`) until exit. A run starts it once its inputs have loaded,
@@ -115,7 +150,7 @@ class log_file:
         if self._handler is not None:
             return
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        handler = logging.FileHandler(self.path)
+        handler = _LogFileHandler(self.path)
         handler.setLevel(logging.INFO)
         handler.setFormatter(logging.Formatter(FORMAT))
         # What C++ code wrote before this file existed (start-up) heads the file.

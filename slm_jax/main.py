@@ -106,8 +106,13 @@ def parse_config(files: list[str], bindings: list[str]):
     gin.add_config_file_search_path(REPO_ROOT)
     gin.add_config_file_search_path(os.getcwd())
     for path in files:
-        if not (os.path.exists(path) or os.path.exists(os.path.join(REPO_ROOT, path))):
+        found = next((p for p in (path, os.path.join(REPO_ROOT, path)) if os.path.exists(p)), None)
+        if found is None:
             raise UsageError(f"--gin_file={path}: no such file")
+        if os.path.isdir(found):
+            inside = sorted(n for n in os.listdir(found) if n.endswith(".gin"))[:3]
+            raise UsageError(f"--gin_file={path} is a directory; name a .gin file"
+                             + (f" in it (e.g. {', '.join(inside)})" if inside else ""))
     try:
         gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
     except tokenize.TokenError as e:  # gin's tokenizer: unbalanced brackets, open strings
@@ -168,4 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     console.filter_native_stderr()
-    sys.exit(main())
+    exit_code = main()
+    if exit_code:   # the refusal's line is the last thing on the console
+        console.quiet_after_refusal()
+    sys.exit(exit_code)

@@ -117,17 +117,23 @@ def test_multi_process_runs_leave_sigterm_to_jax(monkeypatch):
     watcher.close()
 
 
-def test_ctrl_c_is_noted_like_sigterm():
-    # The handler the watcher finds: Python's default_int_handler, or SIG_IGN where the
-    # suite was started in the background (`cmd &`, nohup launches on TPU VMs).
-    found = signal.getsignal(signal.SIGINT)
-    watcher = train_hooks.PreemptionWatcher()
+@pytest.mark.parametrize("sigint", [signal.default_int_handler, signal.SIG_IGN])
+def test_ctrl_c_is_noted_like_sigterm_unless_ignored(sigint):
+    # SIG_IGN: how a background launch (`nohup ... &`, TPU VM start-up scripts) starts Python;
+    # set here, so the test does not depend on how the suite itself was started.
+    found = signal.signal(signal.SIGINT, sigint)
     try:
-        os.kill(os.getpid(), signal.SIGINT)   # no KeyboardInterrupt
-        assert watcher.reached(None, 1)
+        watcher = train_hooks.PreemptionWatcher()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)   # no KeyboardInterrupt either way
+            assert watcher.reached(None, 1) == (sigint is not signal.SIG_IGN)
+            os.kill(os.getpid(), signal.SIGTERM)   # the preemption notice always stops it
+            assert watcher.reached(None, 1)
+        finally:
+            watcher.close()
+        assert signal.getsignal(signal.SIGINT) is sigint
     finally:
-        watcher.close()
-    assert signal.getsignal(signal.SIGINT) is found
+        signal.signal(signal.SIGINT, found)
 
 
 def test_profiler_traces_the_chosen_steps_and_names_the_step(tmp_path):

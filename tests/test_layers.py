@@ -11,7 +11,7 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "slm_jax")
 # Ground up; a module may import its own floor and the floors below it.
 FLOORS = [
-    ("model", "math_eval", "analysis", "hardware", "console", "cli_errors"),
+    ("model", "math_eval", "analysis", "hardware", "console", "cli_errors", "disk"),
     ("slm", "data", "corpora"),
     ("parallel",),
     ("trainer",),

@@ -81,8 +81,12 @@ def test_sigterm_or_ctrl_c_checkpoints_and_exits_zero_then_resumes(tmp_path, web
            f"--gin.DataConfig.vocab_path={web.vocab_path}", "--gin.DataConfig.seq_len=64",
            "--gin.DataConfig.global_batch_size=8", "--gin.train.log_every=1",
            "--gin.CheckpointConfig.every_steps=100000"]
+    # SIGTERM under an ignored SIGINT (a background launch); Ctrl-C where SIGINT is live,
+    # whatever the suite was started with.
+    other = signal.SIG_IGN if signum == signal.SIGTERM else signal.SIG_DFL
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                            text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, other))
     seen_steps = 0
     for line in proc.stdout:  # wait until training is really under way
         if "step 3/" in line:

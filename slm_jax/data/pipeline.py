@@ -136,7 +136,8 @@ def register_task(config: DataConfig) -> seqio.Task:
 
 
 class DocumentFilter:
-    """Drops empty (blank) and non-UTF-8 documents before tokenising, and counts them.
+    """Drops empty (blank) and non-UTF-8 documents (skipped.TRAINING_KINDS) before
+    tokenising, and counts them.
 
     Such a document is not fatal: it is left out of the data order and
     ``skipped`` (documents this process's streams read so far, including

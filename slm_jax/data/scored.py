@@ -22,6 +22,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from slm_jax import disk
 from slm_jax.data import BATCH_KEYS
 
 SCORED_KEYS = BATCH_KEYS + ("ref_loss",)
@@ -34,10 +35,21 @@ def _shard_path(out_dir, writer, shard):
 
 
 def write_npz(path, arrays):
+    """Written whole or not at all: a full disk leaves no truncated shard behind."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buf.getvalue())
+    partial = path + ".partial"
+    try:
+        with disk.writing(os.path.dirname(path), f"the scored shard {os.path.basename(path)}",
+                          needed=buf.getbuffer().nbytes,
+                          intact="the shards before it are intact"):
+            with tf.io.gfile.GFile(partial, "wb") as f:
+                f.write(buf.getvalue())
+            tf.io.gfile.rename(partial, path, overwrite=True)
+    except Exception:
+        if tf.io.gfile.exists(partial):
+            tf.io.gfile.remove(partial)
+        raise
 
 
 def read_npz(path):

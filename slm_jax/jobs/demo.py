@@ -19,6 +19,7 @@ import gin
 from slm_jax.corpora import embedded, forum
 from slm_jax.data import pipeline, tokenizer
 from slm_jax.jobs import train as train_lib
+from slm_jax.parallel import ownership
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 
@@ -56,6 +57,7 @@ def data_over(vocab_path: str):
 
 
 @gin.configurable
+@ownership.owns("work_dir", binding="demo.work_dir")
 def demo(work_dir: str = "runs/demo", *, reference_steps: int = 150, student_steps: int = 200,
          vocab_size: int = 2048, corpus_seed: int = 0) -> dict:
     """Runs reference, SLM and CLM and prints their held-out clean loss.

@@ -34,6 +34,7 @@ from slm_jax.evals.train_evals import HarnessEval
 from slm_jax.jobs import score as scoring
 from slm_jax.jobs import train as train_lib
 from slm_jax.jobs.demo import CORPORA, data_over, prepare_demo_data
+from slm_jax.parallel import ownership
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.selection import SelectionConfig
 
@@ -196,6 +197,7 @@ def _preempted(name: str, summary: dict) -> bool:
 
 
 @gin.configurable
+@ownership.owns("work_dir", binding="experiment.work_dir")
 def experiment(work_dir: str = "runs/experiment", *,
                base_steps: int = 60,
                reference_steps: int = 150,

@@ -32,7 +32,7 @@ from slm_jax.data import iterator, pipeline
 from slm_jax.data.score_sketch import ScoreSketch
 from slm_jax.data.scored import ScoredWriter, local_rows
 from slm_jax.trainer import checks
-from slm_jax.parallel import sharding
+from slm_jax.parallel import ownership, sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.reference import ReferenceConfig
 from slm_jax.slm.train_step import make_score_step
@@ -58,6 +58,7 @@ def _sketch(sketch: ScoreSketch, batch, ref_loss, student_loss) -> None:
 
 
 @gin.configurable
+@ownership.owns("out_dir", binding="score.out_dir")
 def score(out_dir: str = gin.REQUIRED, *,
           data: pipeline.DataConfig | None = None,
           reference: ReferenceConfig | None = None,

@@ -20,6 +20,7 @@ from slm_jax import console
 from slm_jax import model as model_lib
 from slm_jax.data import iterator, pipeline, score_sketch, scored
 from slm_jax.parallel import checkpoint as ckpt_lib
+from slm_jax.parallel import ownership
 from slm_jax.parallel import sharding
 from slm_jax.parallel.runtime import Runtime
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
@@ -258,7 +259,8 @@ def train(run_dir: str = gin.REQUIRED, *,
                   eval_every=eval_every, eval_batches=eval_batches)
     selection = _with_global_threshold(selection, scored_data)
     tx, schedule = make_optimizer(optimizer, num_steps)
-    with console.log_file(os.path.join(run_dir, "log.txt"), start=False) as log, \
+    with ownership.own(run_dir, binding="train.run_dir"), \
+            console.log_file(os.path.join(run_dir, "log.txt"), start=False) as log, \
             runtime.activate(), \
             ckpt_lib.Checkpointer(os.path.join(run_dir, "checkpoints"),
                                   checkpoint or ckpt_lib.CheckpointConfig()) as checkpointer:

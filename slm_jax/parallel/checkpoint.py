@@ -10,6 +10,7 @@ restore the reference model's params alone, read-only, from another run's direct
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,6 +20,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from slm_jax import disk
+from slm_jax.parallel import ownership
 from slm_jax.slm.train_step import TrainState
 
 
@@ -71,6 +74,10 @@ class Checkpointer:
         # Orbax would also save the first step it sees; the interval is kept here.
         if step == self.latest_step() or not (force or step % self.config.every_steps == 0):
             return False
+        ownership.check(self.directory)   # a job whose lease was taken over writes no more
+        what, intact = f"the checkpoint of step {step}", self._intact()
+        needed = _state_bytes(state)
+        disk.check_space(self.directory, what, needed, intact=intact)
         items = {"params": ocp.args.StandardSave(state.params),
                  "opt_state": ocp.args.StandardSave(state.opt_state),
                  "meta": ocp.args.JsonSave({"step": step, **(meta or {})})}
@@ -78,7 +85,27 @@ class Checkpointer:
             items["data_state"] = ocp.args.JsonSave(data_state)
         if state.ref_params is not None:
             items["ref_params"] = ocp.args.StandardSave(state.ref_params)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        # An async save fails at the next save or wait: both say so in one line.
+        with self._cleaned_on_full_disk(), disk.writing(self.directory, what, needed=needed,
+                                                        intact=intact):
+            return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    @contextlib.contextmanager
+    def _cleaned_on_full_disk(self):
+        """A save that ran out of space leaves orbax's uncommitted `<step>.orbax-checkpoint-tmp`
+        behind; it is removed, so the space it took is free for the restart."""
+        try:
+            yield
+        except disk.DiskFullError:
+            if jax.process_index() == 0:
+                for partial in epath.Path(self.directory).glob("*.orbax-checkpoint-tmp*"):
+                    partial.rmtree() if partial.is_dir() else partial.unlink()
+            raise
+
+    def _intact(self) -> str:
+        latest = self.latest_step()
+        return (f"the checkpoint of step {latest} is intact" if latest is not None
+                else "no checkpoint was written yet")
 
     def restore_latest_readable(self, abstract_state: TrainState,
                                 shardings: TrainState) -> TrainState:
@@ -120,6 +147,15 @@ class Checkpointer:
         """`abstract_state.ref_params` set: restores them too when the checkpoint has them
         (else the state's ref_params is None: a checkpoint from before the reference)."""
         step = self.latest_step() if step is None else step
+        # From the metadata first: a failed orbax restore leaves its reads running, and
+        # their errors would print after ours at exit.
+        detail = _shape_mismatch(os.path.join(self.step_dir(step), "params"),
+                                 abstract_state.params)
+        if detail and (" on disk but " in detail or " on disk not in " in detail):
+            raise CheckpointMismatchError(
+                f"the checkpoint {self.step_dir(step)} was written by another model ({detail}); "
+                "resume it with the run's own ModelConfig (its config.gin) or start a new "
+                "run_dir.")
         target = _abstract_with_shardings(shardings, abstract_state)
         items = dict(params=ocp.args.StandardRestore(target.params),
                      opt_state=ocp.args.StandardRestore(target.opt_state),
@@ -144,7 +180,9 @@ class Checkpointer:
 
     def wait(self):
         """Blocks until the last (async) save is committed."""
-        self._manager.wait_until_finished()
+        with self._cleaned_on_full_disk(), disk.writing(self.directory, "the last checkpoint",
+                                                        intact=self._intact()):
+            self._manager.wait_until_finished()
 
     def close(self):
         self.wait()
@@ -155,6 +193,12 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _state_bytes(state: TrainState) -> int:
+    """What this host writes for `state`, with a margin for orbax's metadata."""
+    leaves = jax.tree.leaves((state.params, state.opt_state, state.ref_params))
+    return int(sum(x.nbytes for x in leaves) / jax.process_count() * 1.02) + (1 << 20)
 
 
 def _shape_mismatch(params_dir: str, abstract_params) -> str | None:
@@ -204,15 +248,17 @@ def restore_params(path: str, abstract_params, shardings, *, binding: str):
             raise ValueError(f"{binding}={path!r} holds no checkpoint; point it at the "
                              "checkpoints/ directory of a finished `train` run.")
         target = _abstract_with_shardings(shardings, abstract_params)
+        mismatch = lambda detail: ValueError(  # noqa: E731
+            f"{binding}={path!r} (step {step}) does not match the model config: {detail}; use "
+            "a checkpoint of the same ModelConfig (or set the ModelConfig it was trained with).")
+        detail = _shape_mismatch(os.path.join(manager_dir, str(step), "params"), abstract_params)
+        if detail:   # before orbax starts reads it would leave running
+            raise mismatch(detail)
         try:
             restored = manager.restore(step, args=ocp.args.Composite(
                 params=ocp.args.StandardRestore(target)))
         except (ValueError, KeyError) as e:
-            detail = (_shape_mismatch(os.path.join(manager_dir, str(step), "params"),
-                                      abstract_params) or str(e).splitlines()[0][:300])
-            raise ValueError(f"{binding}={path!r} (step {step}) does not match the model "
-                             f"config: {detail}; use a checkpoint of the same ModelConfig "
-                             "(or set the ModelConfig it was trained with).") from e
+            raise mismatch(str(e).splitlines()[0][:300]) from e
         return restored.params
     finally:
         manager.close()

@@ -148,7 +148,9 @@ class PreemptionWatcher:
         self._previous = {}
         self._multi_process = jax.process_count() > 1
         if not self._multi_process and threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+            # An ignored signal stays ignored (SIGINT under `nohup ... &`), as Python leaves it.
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS
+                              if signal.getsignal(s) is not signal.SIG_IGN}
 
     def _on_signal(self, signum, frame):
         self.requested = True

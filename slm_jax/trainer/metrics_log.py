@@ -27,7 +27,7 @@ import gin
 import jax
 import tqdm
 
-from slm_jax import hardware
+from slm_jax import disk, hardware
 
 
 @gin.configurable
@@ -79,8 +79,9 @@ class MetricsLogger:
             return
         os.makedirs(run_dir, exist_ok=True)
         # Train lines (each with step and loss) and eval lines live in separate files.
-        self._jsonl = {"": open(os.path.join(run_dir, "metrics.jsonl"), "a"),
-                       "eval_": open(os.path.join(run_dir, "eval.jsonl"), "a")}
+        # Unbuffered, so a line that fails to write leaves nothing behind to retry.
+        self._jsonl = {"": open(os.path.join(run_dir, "metrics.jsonl"), "ab", buffering=0),
+                       "eval_": open(os.path.join(run_dir, "eval.jsonl"), "ab", buffering=0)}
         from flax.metrics import tensorboard  # imports TF; only on the logging host
         self._tb = tensorboard.SummaryWriter(os.path.join(run_dir, "tensorboard"))
         wandb = wandb or WandbConfig()
@@ -100,6 +101,21 @@ class MetricsLogger:
         finally:
             last_time, last_step = self._last
             self._last = (last_time + time.perf_counter() - begin, last_step)
+
+    def _append(self, jsonl, line: str, step: int) -> None:
+        """One whole line or none: a failed write (a full disk) is cut back off the file."""
+        start = jsonl.tell()
+        try:
+            with disk.writing(os.path.dirname(os.path.abspath(jsonl.name)),
+                              f"{os.path.basename(jsonl.name)} at step {step}",
+                              intact="its earlier lines and the checkpoints are intact"):
+                data = line.encode()
+                while data:   # a raw write may write less than asked
+                    data = data[jsonl.write(data):]
+        except disk.DiskFullError:
+            with contextlib.suppress(OSError):
+                jsonl.truncate(start)
+            raise
 
     def log_eval(self, step: int, evaluator, params) -> dict:
         """Runs `evaluator(params)` and logs its metrics under `eval_`; its time is not
@@ -129,8 +145,7 @@ class MetricsLogger:
             self._last = (now, step)
         if not self.enabled:
             return values
-        self._jsonl[prefix].write(json.dumps({"step": step, **values}) + "\n")
-        self._jsonl[prefix].flush()
+        self._append(self._jsonl[prefix], json.dumps({"step": step, **values}) + "\n", step)
         for k, v in values.items():
             self._tb.scalar(k, v, step)
         self._tb.flush()
