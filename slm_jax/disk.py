@@ -12,7 +12,7 @@ import contextlib
 import errno
 import os
 import shutil
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # tensorstore and TensorFlow report ENOSPC in their own words.
@@ -63,15 +63,17 @@ def full_disk_error(directory: str, what: str, *, needed: Optional[int] = None,
 
 @contextlib.contextmanager
 def writing(directory: str, what: str, *, needed: Optional[int] = None,
-            intact: str = "") -> Iterator[None]:
-    """Turns a full disk inside the block into `full_disk_error(...)`."""
+            intact: Union[str, Callable[[], str]] = "") -> Iterator[None]:
+    """Turns a full disk inside the block into `full_disk_error(...)`; `intact` (what is
+    still whole) may be a function, asked only then."""
     try:
         yield
     except DiskFullError:
         raise
     except Exception as e:  # noqa: BLE001  (orbax/tensorstore/TF raise their own types)
         if is_disk_full(e):
-            raise full_disk_error(directory, what, needed=needed, intact=intact) from e
+            raise full_disk_error(directory, what, needed=needed,
+                                  intact=intact() if callable(intact) else intact) from e
         raise
 
 

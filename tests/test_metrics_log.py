@@ -1,12 +1,13 @@
 """Run metrics (slm_jax/trainer/metrics_log.py): metrics.jsonl, eval.jsonl, TensorBoard, console."""
 
+import errno
 import json
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from slm_jax import hardware
+from slm_jax import disk, hardware
 from slm_jax.trainer.metrics_log import MetricsLogger, WandbConfig
 
 
@@ -84,3 +85,35 @@ def test_time_in_evals_is_left_out_of_step_time_and_throughput(tmp_path, monkeyp
     second = logger.log(8, {"loss": 1.0})
     logger.close()
     assert second["step_s"] == pytest.approx(2.0) and second["tokens_per_s"] == pytest.approx(50.0)
+
+
+def test_a_line_that_meets_a_full_disk_is_cut_back_off_the_file(tmp_path):
+    logger = MetricsLogger(str(tmp_path), total_steps=2, tokens_per_step=10, progress=False)
+    logger.log(1, {"loss": jnp.float32(2.0)})
+    whole = (tmp_path / "metrics.jsonl").read_bytes()
+
+    class HalfWritten:   # the disk fills up in the middle of the line
+        name = logger._jsonl[""].name
+
+        def __init__(self, raw):
+            self.raw, self.calls = raw, 0
+
+        def tell(self):
+            return self.raw.tell()
+
+        def truncate(self, size):
+            return self.raw.truncate(size)
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.raw.write(data[: len(data) // 2])
+
+    logger._jsonl[""] = HalfWritten(logger._jsonl[""])
+    with pytest.raises(disk.DiskFullError, match=r"no space left in .* for metrics.jsonl at step 2 "
+                                                 r".*its earlier lines and the checkpoints are intact"):
+        logger.log(2, {"loss": jnp.float32(1.0)})
+    assert (tmp_path / "metrics.jsonl").read_bytes() == whole
+    logger._jsonl[""] = logger._jsonl[""].raw
+    logger.close()

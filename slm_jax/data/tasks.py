@@ -63,6 +63,12 @@ def resolve_files(file_pattern: str) -> list[str]:
             f"No files match {file_pattern!r}; set {FILE_PATTERN_BINDING} to a glob of "
             "TFRecord files of tf.train.Example{text}."
         )
+    folders = [f for f in files if tf.io.gfile.isdir(f)]
+    if folders:
+        raise ValueError(
+            f"{FILE_PATTERN_BINDING}={file_pattern!r} matches the directory {folders[0]!r}; set "
+            f"{FILE_PATTERN_BINDING} to a glob of the TFRecord files in it, e.g. "
+            f"'{folders[0].rstrip('/')}/*.tfrecord'.")
     return files
 
 

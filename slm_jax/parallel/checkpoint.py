@@ -75,9 +75,12 @@ class Checkpointer:
         if step == self.latest_step() or not (force or step % self.config.every_steps == 0):
             return False
         ownership.check(self.directory)   # a job whose lease was taken over writes no more
-        what, intact = f"the checkpoint of step {step}", self._intact()
+        what, intact = f"the checkpoint of step {step}", self._intact
         needed = _state_bytes(state)
-        disk.check_space(self.directory, what, needed, intact=intact)
+        free = disk.free_bytes(self.directory)
+        if free is not None and free < needed:
+            self.wait()   # the save in flight commits (or fails) first; then what is intact
+            disk.check_space(self.directory, what, needed, intact=intact())
         items = {"params": ocp.args.StandardSave(state.params),
                  "opt_state": ocp.args.StandardSave(state.opt_state),
                  "meta": ocp.args.JsonSave({"step": step, **(meta or {})})}
@@ -103,8 +106,10 @@ class Checkpointer:
             raise
 
     def _intact(self) -> str:
-        latest = self.latest_step()
-        return (f"the checkpoint of step {latest} is intact" if latest is not None
+        """From the directory: orbax counts a step whose async save is still failing."""
+        committed = [int(p.name) for p in epath.Path(self.directory).glob("*")
+                     if p.name.isdigit()]
+        return (f"the checkpoint of step {max(committed)} is intact" if committed
                 else "no checkpoint was written yet")
 
     def restore_latest_readable(self, abstract_state: TrainState,
@@ -181,7 +186,7 @@ class Checkpointer:
     def wait(self):
         """Blocks until the last (async) save is committed."""
         with self._cleaned_on_full_disk(), disk.writing(self.directory, "the last checkpoint",
-                                                        intact=self._intact()):
+                                                        intact=self._intact):
             self._manager.wait_until_finished()
 
     def close(self):
@@ -233,6 +238,9 @@ def restore_params(path: str, abstract_params, shardings, *, binding: str):
     path = os.path.abspath(path)
     if os.path.isdir(os.path.join(path, "checkpoints")):
         path = os.path.join(path, "checkpoints")
+    if os.path.isfile(path):
+        raise ValueError(f"{binding}={path!r} is a file; point it at a checkpoint directory "
+                         "written by a `train` run (<run_dir>/checkpoints).")
     if not os.path.isdir(path):
         raise ValueError(f"{binding}={path!r} does not exist; point it at a checkpoint "
                          "directory written by a `train` run (<run_dir>/checkpoints).")

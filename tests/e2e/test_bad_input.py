@@ -6,19 +6,26 @@ checks that the directory is byte-for-byte what it was. Empty and non-UTF-8
 documents are the exception: they are skipped and counted, not fatal.
 """
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 
 import gin
 import pytest
 import tensorflow as tf
 
+from slm_jax import disk
 from slm_jax.parallel import checkpoint as ckpt_lib
+from slm_jax.trainer import metrics_log
 from slm_jax import main as main_lib
 from slm_jax import model as model_lib
-from slm_jax.parallel import partition, sharding
+from slm_jax.parallel import ownership, partition, sharding
 from slm_jax.data import pipeline, tokenizer
 from slm_jax.slm.optim import OptimizerConfig, make_optimizer
 from tests.test_hf_tokenizer import write_hf_tokenizer
@@ -76,12 +83,15 @@ def trained(corpus):
 
 
 def snapshot(directory) -> dict:
-    """relative path -> sha256 of every file (and every directory, as None)."""
+    """relative path -> sha256 of every file (and every directory, as None); the owner
+    record (who held the directory last, rewritten by every job that takes it) aside."""
     out = {}
     for base, dirs, files in os.walk(directory):
         for name in dirs:
             out[os.path.relpath(os.path.join(base, name), directory)] = None
         for name in files:
+            if name == ownership.OWNER_FILE:
+                continue
             path = os.path.join(base, name)
             with open(path, "rb") as f:
                 out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
@@ -184,6 +194,15 @@ CASES = {
         ["--gin.DataConfig.seq_len=512"],
         r"DataConfig.seq_len=512 is longer than ModelConfig.max_seq_len=256; lower "
         r"--gin.DataConfig.seq_len"),
+    "gin file is a directory": (["--gin_file=gin/models"],
+                                r"--gin_file=gin/models is a directory; name a .gin file in it"),
+    "data pattern names a directory": (
+        [f"--gin.DataConfig.file_pattern={ROOT}/empty"],
+        r"DataConfig.file_pattern=.*/empty' matches the directory .*; set "
+        r"--gin.DataConfig.file_pattern to a glob of the TFRecord files in it"),
+    "init checkpoint is a file": (
+        [f"--gin.train.init_checkpoint={ROOT}/a_file", f"--gin.train.run_dir={ROOT}/init_run"],
+        r"train.init_checkpoint=.*/a_file' is a file; point it at a checkpoint directory"),
     "output dir not writable": ([f"--gin.train.run_dir={ROOT}/a_file/run"],
                                 r"train.run_dir=.*a_file/run' is not writable .*choose another "
                                 r"--gin.train.run_dir"),
@@ -210,6 +229,90 @@ def test_bad_input_is_one_clear_line_and_leaves_the_run_alone(capsys, corpus, tr
     assert re.search(message, lines[0]), lines[0]
     print(f"{case}: {lines[0]}")
     assert snapshot(run_dir) == before, case
+
+
+# Faults of the machine and of other people, each against a copy of the trained run: exit 2,
+# the one line, the checkpoints byte-identical afterwards, and the same command then resumes.
+_HOLDER = """
+import sys, time
+from slm_jax.parallel import ownership
+with ownership.own(sys.argv[1], binding="train.run_dir"):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+@contextlib.contextmanager
+def another_owner(run_dir, monkeypatch):
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield rf"train.run_dir=.*/run' is in use by another job: host .*, pid {proc.pid}, started .*, " \
+              r"last heartbeat .*; wait for it to finish or stop it, or set --gin.train.run_dir " \
+              r"to another directory"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def disk_full_at_the_orbax_write(run_dir, monkeypatch):
+    """ENOSPC from orbax's array writes (in its async save thread)."""
+    from orbax.checkpoint._src.serialization import serialization
+
+    async def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(serialization, "async_serialize_from_host", no_space)
+    yield (r"no space left in .*/run/checkpoints for the (checkpoint of step \d|last checkpoint) "
+           r"\(it needs .*\); the checkpoint of step 2 is intact; free space there")
+    monkeypatch.undo()
+
+
+@contextlib.contextmanager
+def disk_too_small_for_the_checkpoint(run_dir, monkeypatch):
+    monkeypatch.setattr(disk, "free_bytes", lambda path: 100_000)
+    yield (r"no space left in .*/run/checkpoints for the checkpoint of step 3 \(it needs ~.* MB, "
+           r"0.1 MB free\); the checkpoint of step 2 is intact")
+    monkeypatch.undo()
+
+
+@contextlib.contextmanager
+def metrics_on_a_full_disk(run_dir, monkeypatch):
+    def no_space(self, jsonl, line, step):
+        with disk.writing(str(run_dir), f"{os.path.basename(jsonl.name)} at step {step}",
+                          intact="its earlier lines and the checkpoints are intact"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(metrics_log.MetricsLogger, "_append", no_space)
+    yield r"no space left in .*/run for metrics.jsonl at step 3 .*earlier lines and the checkpoints"
+    monkeypatch.undo()
+
+
+FAULTS = {"run directory owned by another job": another_owner,
+          "disk full at the checkpoint write": disk_full_at_the_orbax_write,
+          "disk too small for the next checkpoint": disk_too_small_for_the_checkpoint,
+          "disk full at metrics.jsonl": metrics_on_a_full_disk}
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_fault_is_one_line_keeps_the_checkpoints_and_the_same_command_resumes(
+        capsys, corpus, trained, tmp_path, monkeypatch, fault):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained / "run", run_dir)
+    before = snapshot(run_dir / "checkpoints")
+    command = flags(corpus, run_dir, f"--gin.run.compilation_cache_dir={trained}/jax_cache")
+    with FAULTS[fault](run_dir, monkeypatch) as message:
+        code = main_lib.main(command)
+    gin.clear_config()
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("[")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert re.search(message, lines[0]), lines[0]
+    print(f"{fault}: {lines[0]}")
+    assert snapshot(run_dir / "checkpoints") == before
+    assert main_lib.main(command) == 0, capsys.readouterr().err
+    assert sorted(int(s) for s in os.listdir(run_dir / "checkpoints") if s.isdigit())[-1] == 4
 
 
 def _example(text: bytes) -> bytes:

@@ -1,6 +1,7 @@
 """Bit-exact resume: a run killed with SIGKILL and restarted equals an uninterrupted run."""
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -107,3 +108,63 @@ def test_a_checkpoint_torn_mid_write_is_ignored_on_restart(data, uninterrupted, 
         (ckpts / "6.orbax-checkpoint-tmp" / "params" / "_METADATA").write_text("{torn")
     subprocess.run(command(data, run_dir), cwd=REPO, check=True, capture_output=True, timeout=300)
     assert_bitwise_equal(uninterrupted, run_dir)
+
+
+def test_a_second_launch_into_a_running_run_is_refused_and_the_first_finishes_intact(
+        data, uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    first = subprocess.Popen(command(data, run_dir), cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    for line in first.stdout:
+        if "step 1/" in line:
+            first.send_signal(signal.SIGSTOP)   # holds the run mid-way, whatever the machine's speed
+            break
+    try:
+        second = subprocess.run(command(data, run_dir), cwd=REPO, capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert second.stderr.strip().splitlines() == [
+        line for line in second.stderr.strip().splitlines() if "is in use by another job" in line]
+    assert f"pid {first.pid}" in second.stderr
+    assert first.returncode == 0
+    assert_bitwise_equal(uninterrupted, run_dir)
+
+
+# A tmpfs in a mount namespace of its own (root, or user namespaces): room for two
+# checkpoints, then more room for the restart.
+_FULL_DISK = """
+set -e
+mkdir -p "$1/mnt"
+mount -t tmpfs -o size=6m tmpfs "$1/mnt"
+shift
+code=0; "$@" > "$OUT/first.out" 2> "$OUT/first.err" || code=$?
+echo $code > "$OUT/first.code"
+(cd "$RUN_DIR/checkpoints" && find . -type f | sort | xargs sha256sum) > "$OUT/before.sha"
+mount -o remount,size=64m "$RUN_DIR/.."
+"$@" > "$OUT/second.out" 2> "$OUT/second.err"
+cp -r "$RUN_DIR" "$OUT/run"
+"""
+
+
+def test_a_full_disk_stops_in_one_line_and_the_restart_with_space_is_bit_exact(
+        data, uninterrupted, tmp_path):
+    run_dir = tmp_path / "mnt" / "run"
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["unshare", "-m", "bash", "-c", _FULL_DISK, "full_disk", str(tmp_path),
+                    *command(data, run_dir)], cwd=REPO, check=True, timeout=600,
+                   env={**os.environ, "OUT": str(out), "RUN_DIR": str(run_dir)})
+    assert (out / "first.code").read_text().strip() == "2"
+    err = (out / "first.err").read_text().strip().splitlines()
+    print(err)
+    assert len(err) == 1 and re.fullmatch(
+        r"slm_jax: error: no space left in .*/mnt/run/checkpoints for the checkpoint of step 6 "
+        r"\(it needs ~[\d.]+ MB, [\d.]+ MB free\); the checkpoint of step 4 is intact; free "
+        r"space there \(or write elsewhere\) and run the same command again\..*", err[0]), err
+    saved = sorted(p.name for p in (out / "run" / "checkpoints").iterdir())
+    assert saved == ["2", "4", "6", "8"]
+    assert "resumed from step 4" in (out / "second.err").read_text()
+    assert_bitwise_equal(uninterrupted, out / "run")
