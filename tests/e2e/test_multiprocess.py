@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from slm_jax import main as main_lib
+from slm_jax.parallel import ownership
 from tests.tiny_corpus import tiny_corpus
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,8 +73,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two_processes(data, run_dir, num_steps) -> list[str]:
-    """Both processes of one job; their output."""
+def run_two_processes(data, run_dir, num_steps, codes_wanted=(0, 0)) -> list[str]:
+    """Both processes of one job; their output. Failures show tracebacks unless a refusal
+    (exit code 2) is wanted."""
     from jax._src.lib import _jax
     if not hasattr(_jax, "make_gloo_tcp_collectives"):
         pytest.skip("this jaxlib has no gloo CPU collectives, so CPU processes cannot share a mesh")
@@ -87,7 +89,8 @@ def run_two_processes(data, run_dir, num_steps) -> list[str]:
              f"--gin.initialize_distributed.process_id={process_id}",
              # the second two-process job loads the first one's compiled step
              f"--gin.run.compilation_cache_dir={data[2]}"],
-            cwd=REPO, env=env(4), stdout=log, stderr=subprocess.STDOUT, text=True))
+            cwd=REPO, env={**env(4), "SLM_JAX_TRACEBACK": "" if 2 in codes_wanted else "1"},
+            stdout=log, stderr=subprocess.STDOUT, text=True))
         logs.append(log)
     try:
         codes = [p.wait(timeout=300) for p in procs]
@@ -100,7 +103,7 @@ def run_two_processes(data, run_dir, num_steps) -> list[str]:
         log.seek(0)
         outputs.append(log.read())
         log.close()
-    assert codes == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert codes == list(codes_wanted), "\n".join(o[-3000:] for o in outputs)
     return outputs
 
 
@@ -201,3 +204,13 @@ def test_a_one_process_checkpoint_resumes_in_two_processes(data, single, tmp_pat
 # --- initialize_distributed: when to join, and with what ------------------------------------
 
 
+
+
+def test_both_processes_refuse_a_run_directory_another_job_owns(data, tmp_path):
+    """Process 0 takes the directory and tells the others: here it cannot, so all stop."""
+    run_dir = tmp_path / "run"
+    with ownership.own(str(run_dir), binding="train.run_dir"):
+        outputs = run_two_processes(data, run_dir, FIRST, codes_wanted=(2, 2))
+    assert f"is in use by another job: host {socket.gethostname()}, pid {os.getpid()}" in outputs[0]
+    assert "process 0 could not take the run directory" in outputs[1]
+    assert not (run_dir / "checkpoints").exists()
