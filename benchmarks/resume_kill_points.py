@@ -9,7 +9,8 @@ sends it a signal at a random moment -- after a random logged step plus a random
 delay of up to one second, so signals land inside steps, async checkpoint
 writes (params, optimizer and data state in one commit) alike -- restarts it once, and compares per-step
 loss, selected_loss and grad_norm in metrics.jsonl and the final params with
-the uninterrupted run. Prints one line per trial and "k of N bit-exact".
+the uninterrupted run. Prints one line per trial and "k of N bit-exact; m stale run-directory locks" (the run
+directory must be free again after every trial: a SIGKILLed run's flock dies with it).
 
 --signals picks the signals, used in turn by the trials: KILL (default; nothing
 runs after it), INT (Ctrl-C) and TERM (a TPU maintenance event or spot reclaim),
@@ -131,7 +132,7 @@ def main():
     subprocess.run(command(data, reference), cwd=REPO, check=True, capture_output=True,
                    timeout=600)
     rng = random.Random(args.seed)
-    exact = 0
+    exact = stale_locks = 0
     for trial in range(args.trials):
         run_dir = os.path.join(work, f"trial_{trial}")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -141,9 +142,23 @@ def main():
         problem = (f"restart exited {restart.returncode}: {restart.stderr[-300:]}"
                    if restart.returncode else compare(reference, run_dir))
         exact += problem is None
-        print(f"trial {trial}: {where}: {'bit-exact' if problem is None else problem}", flush=True)
-    print(f"{exact} of {args.trials} bit-exact")
-    return 0 if exact == args.trials else 1
+        stale = stale_lock(run_dir, where)
+        stale_locks += stale is not None
+        print(f"trial {trial}: {where}: {'bit-exact' if problem is None else problem}"
+              f"{'; ' + stale if stale else ''}", flush=True)
+    print(f"{exact} of {args.trials} bit-exact; {stale_locks} stale run-directory locks")
+    return 0 if exact == args.trials and not stale_locks else 1
+
+
+def stale_lock(run_dir: str, where: str) -> str | None:
+    """None when nobody holds the run directory once its processes are gone: the killed run's
+    lock went with it (the restart above could take it too), and the restart released its own."""
+    from slm_jax.parallel import ownership
+    try:
+        with ownership.own(run_dir, binding="train.run_dir"):
+            return None
+    except ownership.RunOwnedError as e:
+        return f"stale lock after {where.split(',')[0]}: {e}"
 
 
 if __name__ == "__main__":

@@ -31,6 +31,10 @@ def test_prepare_parquet_round_robin_with_counts(corpus, release, tmp_path, caps
     assert counts["documents"] == len(texts) + 4
     assert (counts["written"], counts["empty"], counts["not_utf8"], counts["not_json"]) == (len(texts), 3, 1, 0)
     assert counts["docs_per_shard"] == [5, 5]
+    manifest = json.loads(open(os.path.join(out, "openwebmath-manifest.json")).read())
+    parquet = release.replace("*", "train-00000-of-00001")
+    assert manifest["first_bad"] == {   # rows 13-16 of the file (see the release fixture)
+        "empty": [f"{parquet}:13", f"{parquet}:14", f"{parquet}:15"], "not_utf8": [f"{parquet}:16"]}
     paths = prepare.shard_paths(out, 4)
     assert [os.path.basename(p) for p in paths] == [f"openwebmath-0000{i}-of-00004.tfrecord" for i in range(4)]
     for i, path in enumerate(paths):

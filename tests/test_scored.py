@@ -78,3 +78,32 @@ def test_other_seq_len_and_missing_index_are_clear_errors(written, tmp_path):
     with pytest.raises(ValueError, match=r"^train.scored_data=.* has no index.json"):
         next(scored.scored_batches(str(tmp_path), data, runtime.mesh, runtime.batch_sharding(),
                                    binding="train.scored_data"))
+
+
+def test_a_shard_that_meets_a_full_disk_leaves_nothing_behind(tmp_path, monkeypatch):
+    import errno
+
+    import tensorflow as tf
+
+    from slm_jax import disk
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.path = path
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):   # half a shard lands, then the disk is full
+            with open(self.path, "wb") as f:
+                f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tf.io.gfile, "GFile", FullDisk)
+    with pytest.raises(disk.DiskFullError, match=r"no space left in .* for the scored shard "
+                                                 r"w000-00003.npz \(it needs ~.* MB"):
+        scored.write_npz(str(tmp_path / "w000-00003.npz"), {"x": np.zeros(1000)})
+    assert list(tmp_path.iterdir()) == []
