@@ -22,7 +22,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_GIN_FILE = "gin/demo.gin"
 USAGE = ("usage: python -m slm_jax.main [--gin_file=FILE.gin ...] [--gin.NAME=VALUE ...]\n"
          "  Gin files and bindings apply in order (the later wins); run.job picks the job:\n"
-         "  train, score, demo, experiment, bench, analyze, eval, compile (default: the demo).\n"
+         "  train, score, demo, experiment, bench, analyze, eval, compile, sft (default: the demo).\n"
          "  e.g. python -m slm_jax.main --gin_file=gin/demo.gin --gin.train.num_steps=50")
 
 

@@ -7,7 +7,7 @@ import gin
 from slm_jax.data import pipeline  # noqa: F401  (DataConfig)
 from slm_jax.evals import train_evals  # noqa: F401  (FewShotEvalConfig, HarnessEval)
 from slm_jax.jobs import analyze, compile as compile_job, demo, evaluation, experiment, score
-from slm_jax.jobs import step_benchmark, train
+from slm_jax.jobs import sft, step_benchmark, train
 from slm_jax.trainer import hooks  # noqa: F401  (HeldOutLossEval)
 from slm_jax.model import config  # noqa: F401  (ModelConfig)
 from slm_jax.parallel import checkpoint, distributed, sharding  # noqa: F401  (their configs)
@@ -22,6 +22,7 @@ JOBS = {
     "analyze": analyze.analyze,  # Rho-1 §2.1, Fig. 2
     "eval": evaluation.evaluate,  # few-shot GSM8K/MATH accuracy, or any lm-eval task list
     "compile": compile_job.compile_run,  # the run's programs through the TPU compiler
+    "sft": sft.sft,   # supervised fine-tuning on chat jsonl (the Interpreter models)
 }
 
 

@@ -111,13 +111,13 @@ def _eval_hooks(eval_data, eval_batches, few_shot_eval, evals) -> list:
 
 
 def _check_inputs(run_dir, model, data, selection, reference, scored_data, eval_data,
-                  grad_accum, on_nonfinite, runtime, **counts) -> None:
+                  grad_accum, on_nonfinite, runtime, files: bool = True, **counts) -> None:
     """Everything refused before any work; bad data paths or tokenizers fail here, before
     anything in run_dir is touched."""
     _check_counts(grad_accum=grad_accum, **counts)
     _check_config(model, data, selection, reference, scored_data, grad_accum, on_nonfinite,
                   runtime)
-    for config in ([] if scored_data else [data]) + ([eval_data] if eval_data else []):
+    for config in ([data] if files else []) + ([eval_data] if eval_data else []):
         pipeline.register_task(config)
     _prepare_run_dir(run_dir)
 
@@ -200,7 +200,7 @@ def _run(trainer, state, ref, batches, closers, first_eval=None):
     return state
 
 
-@gin.configurable(denylist=["progress"])
+@gin.configurable(denylist=["progress", "batch_source"])
 def train(run_dir: str = gin.REQUIRED, *,
           num_steps: int = 1000,
           model: model_lib.ModelConfig | None = None,
@@ -223,7 +223,8 @@ def train(run_dir: str = gin.REQUIRED, *,
           seed: int = 0,
           on_nonfinite: str = "stop",
           profile: tuple[int, int] | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True,
+          batch_source=None) -> dict:
     """Trains for `num_steps` (resuming from `run_dir/checkpoints` if present).
 
     Args:
@@ -246,6 +247,9 @@ def train(run_dir: str = gin.REQUIRED, *,
         good one), "skip" goes on with the next batch.
       profile: (first step, number of steps) to trace with jax.profiler into
         `run_dir/profile/` (TensorBoard's profile plugin, Perfetto).
+      batch_source: (batch sharding, start step) -> global batches, seekable by step,
+        instead of `data`'s files (the `sft` job's epochs); `data` still gives the batch
+        shape and the tokenizer.
 
     Returns:
       The last logged train metrics and the final eval metrics ("eval_loss", ...).
@@ -255,8 +259,9 @@ def train(run_dir: str = gin.REQUIRED, *,
     reference, mesh = reference or ReferenceConfig(), mesh or sharding.MeshConfig()
     runtime = Runtime.from_config(mesh)
     _check_inputs(run_dir, model, data, selection, reference, scored_data, eval_data,
-                  grad_accum, on_nonfinite, runtime, num_steps=num_steps, log_every=log_every,
-                  eval_every=eval_every, eval_batches=eval_batches)
+                  grad_accum, on_nonfinite, runtime, files=not (scored_data or batch_source),
+                  num_steps=num_steps, log_every=log_every, eval_every=eval_every,
+                  eval_batches=eval_batches)
     selection = _with_global_threshold(selection, scored_data)
     tx, schedule = make_optimizer(optimizer, num_steps)
     with ownership.own(run_dir, binding="train.run_dir"), \
@@ -271,8 +276,10 @@ def train(run_dir: str = gin.REQUIRED, *,
         state, data_state = trainer.initial_state(seed, init_checkpoint,
                                                   init_binding="train.init_checkpoint")
         start = int(jax.device_get(state.step))
-        batches = train_hooks.DataStats(_batches(data, scored_data, runtime, start, data_state,
-                                                 where=checkpointer.step_dir(start)))
+        batches = train_hooks.DataStats(
+            batch_source(runtime.batch_sharding(), start) if batch_source else
+            _batches(data, scored_data, runtime, start, data_state,
+                     where=checkpointer.step_dir(start)))
         evaluator = train_hooks.Evaluator(
             _eval_hooks(eval_data, eval_batches, few_shot_eval, evals),
             train_hooks.EvalContext(model, data, runtime), eval_every)
@@ -286,7 +293,8 @@ def train(run_dir: str = gin.REQUIRED, *,
                                 reference=reference, optimizer=optimizer, mesh_config=mesh)})
         summary, closers = _add_hooks(trainer, logger, evaluator, batches, checkpointer,
                                       log_every=log_every, on_nonfinite=on_nonfinite,
-                                      profile=profile, run_dir=run_dir, seekable=bool(scored_data))
+                                      profile=profile, run_dir=run_dir,
+                                      seekable=bool(scored_data or batch_source))
         first_eval = eval_first and start == 0 and evaluator and (
             lambda params: logger.log_eval(0, evaluator, params))
         state = _run(trainer, state, ref, batches, closers, first_eval)

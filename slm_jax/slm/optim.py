@@ -17,7 +17,8 @@ class OptimizerConfig:
 
     learning_rate: float = 8e-5
     warmup_steps: int = 0
-    end_lr_ratio: float = 0.1      # cosine decays to learning_rate * end_lr_ratio
+    end_lr_ratio: float = 0.1      # the decay ends at learning_rate * end_lr_ratio
+    decay: str = "cosine"          # or "linear" (ToRA's SFT recipe)
     b1: float = 0.9
     b2: float = 0.95
     eps: float = 1e-8
@@ -41,6 +42,9 @@ class OptimizerConfig:
         number("eps", 0.0, math.inf, high_open=True)
         number("weight_decay", 0.0, math.inf, high_open=True)
         number("clip_norm", 0.0, math.inf, low_open=True, high_open=True)
+        if self.decay not in ("cosine", "linear"):
+            raise ValueError(f"OptimizerConfig.decay={self.decay!r}; set OptimizerConfig.decay "
+                             "to 'cosine' or 'linear'.")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
                 or self.warmup_steps < 0:
             raise ValueError(f"OptimizerConfig.warmup_steps={self.warmup_steps!r} must be an int "
@@ -49,6 +53,13 @@ class OptimizerConfig:
 
 def make_schedule(config: OptimizerConfig, total_steps: int) -> optax.Schedule:
     warmup = min(config.warmup_steps, max(total_steps - 1, 0))
+    if config.decay == "linear":
+        end = config.learning_rate * config.end_lr_ratio
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0 if warmup else config.learning_rate,
+                                   config.learning_rate, max(warmup, 1)),
+             optax.linear_schedule(config.learning_rate, end, max(total_steps - warmup, 1))],
+            boundaries=[warmup])
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0 if warmup else config.learning_rate,
         peak_value=config.learning_rate,

@@ -1,0 +1,128 @@
+"""Chat-format rows -> token ids with a loss mask: the one rendering SFT trains on and the
+tool-integrated (`tora`) evaluation prompts with.
+
+A row is `{"messages": [{"role": "user", "content": ...}, {"role": "assistant", ...}, ...]}`
+(ToRA's SFT layout). The default template is math-evaluation-harness's `tora` turn,
+
+    <|user|>\\n{question}\\n<|assistant|>\\n{answer}</s>
+
+so accuracies compare with Rho-Math-Interpreter's. Each piece is tokenised on its own and the
+ids concatenated, for the training rows and the evaluation prompts alike, so both see the
+same ids at the turn boundaries. The loss covers the assistant's tokens and the EOS after
+them; with `mask_tool_outputs` (the default) not the interpreter's ```output blocks inside
+them: at inference the interpreter writes those, and a model trained to predict them learns
+to invent results instead of running its program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Iterator, Optional
+
+import gin
+import numpy as np
+
+ROLES = ("system", "user", "assistant")
+_OUTPUT_BLOCK = re.compile(r"```output\n.*?```\n?", re.DOTALL)
+
+
+class ChatRowError(ValueError):
+    """A row that cannot be trained on; the message names the file and line."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """The chat rendering (see the module docstring).
+
+    name: 'tora' (math-evaluation-harness's `<|user|>`/`<|assistant|>` turn).
+    mask_tool_outputs: leave the interpreter's ```output blocks out of the loss.
+    """
+    name: str = "tora"
+    mask_tool_outputs: bool = True
+
+    def __post_init__(self):
+        if self.name != "tora":
+            raise ValueError(f"ChatTemplate.name={self.name!r}; set ChatTemplate.name='tora' "
+                             "(the harness's turn; a converted model's own chat_template is not "
+                             "supported yet).")
+
+    def turn_prefix(self, role: str) -> str:
+        return {"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|assistant|>\n"}[role]
+
+    def pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
+        """(text, trained on) pieces of a conversation, in order; the EOS is added by `encode`
+        after each assistant turn."""
+        out = []
+        for message in messages:
+            role, content = message["role"], message["content"]
+            if role == "assistant":
+                out.append((self.turn_prefix(role), False))
+                out.extend(self._assistant_pieces(content))
+                out.append(("\x00eos", True))
+            else:
+                out.append((f"{self.turn_prefix(role)}{content}\n", False))
+        return out
+
+    def _assistant_pieces(self, content: str) -> list[tuple[str, bool]]:
+        # Split at the output blocks either way, so the ids do not depend on the mask.
+        pieces, last = [], 0
+        for match in _OUTPUT_BLOCK.finditer(content):
+            pieces += [(content[last:match.start()], True),
+                       (match.group(0), not self.mask_tool_outputs)]
+            last = match.end()
+        return [p for p in pieces + [(content[last:], True)] if p[0]]
+
+    def encode(self, vocabulary, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, loss mask) of a whole conversation, BOS first where the vocabulary has one
+        (as every pretraining document)."""
+        ids, mask = _bos(vocabulary), [False] * len(_bos(vocabulary))
+        for text, trained in self.pieces(messages):
+            piece = [vocabulary.eos_id] if text == "\x00eos" else list(vocabulary.encode(text))
+            ids += piece
+            mask += [trained] * len(piece)
+        return np.asarray(ids, np.int32), np.asarray(mask, bool)
+
+    def prompt(self, question: str) -> str:
+        """The evaluation prompt for one question (the harness's `tora` prompt)."""
+        return f"{self.turn_prefix('user')}{question}\n{self.turn_prefix('assistant')}"
+
+    def encode_prompt(self, vocabulary, question: str) -> np.ndarray:
+        """The prompt's ids, pieced exactly as the training rows are."""
+        return np.asarray(_bos(vocabulary)
+                          + list(vocabulary.encode(f"{self.turn_prefix('user')}{question}\n"))
+                          + list(vocabulary.encode(self.turn_prefix("assistant"))), np.int32)
+
+
+def _bos(vocabulary) -> list[int]:
+    return [] if vocabulary.bos_id is None else [vocabulary.bos_id]
+
+
+def read_conversations(path: str) -> Iterator[tuple[int, list[dict]]]:
+    """(line number, messages) of a chat jsonl; ChatRowError names file:line of a bad row."""
+    import tensorflow as tf   # local and gs:// alike
+    with tf.io.gfile.GFile(path, "r") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ChatRowError(f"{where} is not JSON ({e}); fix or remove the line.") from e
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(messages, list) or not messages:
+                raise ChatRowError(f"{where} has no \"messages\" list; each row must be "
+                                   '{"messages": [{"role": "user", "content": ...}, ...]}.')
+            for message in messages:
+                if not isinstance(message, dict) or message.get("role") not in ROLES \
+                        or not isinstance(message.get("content"), str):
+                    role = message.get("role") if isinstance(message, dict) else message
+                    raise ChatRowError(f"{where} has a message with role {role!r}; roles are "
+                                       f"{', '.join(ROLES)} and each needs a string content.")
+            if not any(m["role"] == "assistant" for m in messages):
+                raise ChatRowError(f"{where} has no assistant turn: nothing to train on; add "
+                                   "one or remove the row.")
+            yield number, messages
