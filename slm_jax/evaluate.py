@@ -7,6 +7,11 @@ Built-in GSM8K/MATH prompts over jsonl files:
       --out runs/x/eval [--n_shot 8] [--max_new_tokens 512] [--batch_size 16] \\
       [--num_problems 100] [--gin.NAME=VALUE ...]
 
+Tool-integrated (math-evaluation-harness's `tora` mode: the model writes Python, a box runs it):
+
+    python -m slm_jax.evaluate --ckpt_dir OUT/checkpoints --tokenizer OUT --prompt_type tora \\
+      --data_dir math-evaluation-harness/data --data_names gsm8k,math --out OUT/tora
+
 lm-evaluation-harness tasks through the slm_jax backend (docs/evaluation.md):
 
     python -m slm_jax.evaluate --ckpt_dir OUT/checkpoints --tokenizer OUT \\
@@ -24,7 +29,7 @@ import argparse
 import sys
 
 _PASSED_ON = ("n_shot", "max_new_tokens", "batch_size", "num_problems", "include_path",
-              "gen_kwargs")
+              "gen_kwargs", "prompt_type", "data_dir", "data_names", "max_rounds")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", action="append", help="NAME=PATH.jsonl (built-in prompts)")
     source.add_argument("--tasks", help="lm-eval task names, comma-separated")
+    source.add_argument("--data_dir", help="a math-evaluation-harness data/ directory "
+                                           "(<name>/test.jsonl), with --data_names")
+    parser.add_argument("--data_names", help="benchmarks in --data_dir, e.g. gsm8k,math")
+    parser.add_argument("--prompt_type", choices=("cot", "tora"),
+                        help="tora: the harness's tool-integrated mode (programs run in a box)")
+    parser.add_argument("--max_rounds", type=int, help="tora: executions per problem (4)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--n_shot", type=int)
     parser.add_argument("--max_new_tokens", type=int)
@@ -66,7 +77,8 @@ def to_main_flags(argv: list[str]) -> list[str]:
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     source = (f"--gin.eval.datasets={','.join(args.data)}" if args.data
-              else f"--gin.eval.tasks={args.tasks}")
+              else f"--gin.eval.tasks={args.tasks}" if args.tasks
+              else f"--gin.eval.data_dir={args.data_dir}")
     flags = [f"--gin_file={f}" for f in _gin_files(args, parser)] + [
         "--gin.run.job=eval", f"--gin.eval.checkpoint={args.ckpt_dir}",
         f"--gin.eval.vocab_path={args.tokenizer}", source,
