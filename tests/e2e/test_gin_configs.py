@@ -24,7 +24,7 @@ def fresh_gin():
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MACROS = ["RUN_DIR='/tmp/r'", "OWM_FILES='/tmp/owm-*.tfrecord'", "HQ_FILES='/tmp/hq-*.tfrecord'",
           "VOCAB_PATH='/tmp/tok.model'", "REFERENCE_CHECKPOINT='/tmp/ref'",
-          "SCORED_DIR='/tmp/scored'"]
+          "SCORED_DIR='/tmp/scored'", "SFT_FILES='/tmp/sft-*.jsonl'"]
 COMPOSABLE = ("ablations", "runs/score_math")  # overlays that need a run file first
 
 
@@ -122,3 +122,18 @@ def test_the_global_scope_composes_after_offline():
     selection = SelectionConfig()
     assert (selection.mode, selection.scope, selection.ratio) == ("slm_offline", "global", 0.6)
     selection.check_mode()
+
+
+@pytest.mark.parametrize("size, model", [("1b", "tinyllama_1b"), ("7b", "mistral_7b")])
+def test_interpreter_recipes_are_toras(size, model):
+    from slm_jax.data.chat import ChatTemplate
+    parse(f"gin/runs/interpreter_{size}.gin")
+    assert gin.query_parameter("run.job") == "sft"
+    assert gin.query_parameter("sft.num_epochs") == 3
+    assert gin.query_parameter("sft.warmup_share") == 0.03
+    assert (DataConfig().seq_len, DataConfig().global_batch_size) == (2048, 128)
+    optimizer = OptimizerConfig()
+    assert (optimizer.learning_rate, optimizer.decay, optimizer.end_lr_ratio) == (2e-5, "linear", 0.0)
+    assert ChatTemplate() == ChatTemplate(name="tora", mask_tool_outputs=True)
+    assert f"include 'gin/models/{model}.gin'" in open(
+        os.path.join(REPO, "gin", "runs", f"interpreter_{size}.gin")).read()
