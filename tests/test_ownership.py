@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-from slm_jax.parallel import ownership
+from slm_jax.parallel import owner_records, ownership
 from slm_jax.parallel.ownership import OwnershipConfig, OwnershipLostError, RunOwnedError
 
 _HOLDER = """
 import sys, time
-from slm_jax.parallel import ownership
+from slm_jax.parallel import owner_records, ownership
 config = ownership.OwnershipConfig(backend=sys.argv[2], heartbeat_s=0.2, stale_after_s=60)
 with ownership.own(sys.argv[1], binding="train.run_dir", config=config):
     print("held", flush=True)
@@ -84,7 +84,7 @@ def test_lease_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path, holder)
     stale = OwnershipConfig(backend="lease", heartbeat_s=0.1, stale_after_s=0.5)
     time.sleep(0.6)
     with ownership.own(str(tmp_path / "run"), binding="score.out_dir", config=stale):
-        body, _ = ownership.LocalRecordStore(str(tmp_path / "run")).read()
+        body, _ = owner_records.LocalRecordStore(str(tmp_path / "run"), ownership.OWNER_FILE).read()
         assert json.loads(body)["pid"] == os.getpid()
 
 
@@ -92,7 +92,7 @@ def test_a_displaced_lease_owner_stops_writing(tmp_path):
     config = OwnershipConfig(backend="lease", heartbeat_s=0.05, stale_after_s=10)
     path = str(tmp_path / "run")
     with ownership.own(path, binding="train.run_dir", config=config):
-        store = ownership.LocalRecordStore(path)
+        store = owner_records.LocalRecordStore(path, ownership.OWNER_FILE)
         body, generation = store.read()
         intruder = json.dumps({"host": "other", "pid": 1, "heartbeat": time.time()}).encode()
         assert store.replace(intruder, generation) is not None   # a takeover behind its back
@@ -119,7 +119,7 @@ def test_a_released_lease_is_free_at_once(tmp_path):
 
 
 def test_record_store_compare_and_swap(tmp_path):
-    store = ownership.LocalRecordStore(str(tmp_path))
+    store = owner_records.LocalRecordStore(str(tmp_path), "record")
     assert store.read() is None
     first = store.create(b"a")
     assert first is not None and store.create(b"b") is None

@@ -34,36 +34,6 @@ def chat_set(tmp_path_factory):
     return path, vocab, str(root / "jax_cache")
 
 
-def test_only_the_assistant_and_its_eos_are_trained_and_outputs_are_masked(chat_set):
-    vocabulary = tokenizer.load_vocabulary(chat_set[1])
-    messages = conversation(3, 4)["messages"]
-    ids, mask = chat.ChatTemplate().encode(vocabulary, messages)
-    trained = vocabulary.decode([int(i) for i in ids[mask] if i != vocabulary.eos_id])
-    assert "What is" not in trained and "<|assistant|>" not in trained
-    assert "print(3 + 4)" in trained and "boxed{7}" in trained
-    assert "```output" not in trained                 # the interpreter's text is not learned
-    assert ids[-1] == vocabulary.eos_id and mask[-1]
-    unmasked_ids, unmasked = chat.ChatTemplate(mask_tool_outputs=False).encode(vocabulary, messages)
-    assert (unmasked_ids == ids).all() and unmasked.sum() > mask.sum()
-    # The evaluation prompt is the training row's untrained head, id for id.
-    prompt = chat.ChatTemplate().encode_prompt(vocabulary, "What is 3 + 4?")
-    assert (ids[: len(prompt)] == prompt).all() and not mask[: len(prompt)].any()
-    assert mask[len(prompt)]
-
-
-@pytest.mark.parametrize("row,message", [
-    ('{"messages": [{"role": "user", "content": "hi"}]}', r"bad.jsonl:2 has no assistant turn"),
-    ('{"messages": [{"role": "tool", "content": "x"}]}', r"bad.jsonl:2 has a message with role 'tool'"),
-    ('{"text": "plain"}', r'bad.jsonl:2 has no "messages" list'),
-    ("{not json", r"bad.jsonl:2 is not JSON"),
-])
-def test_a_bad_row_is_named_by_file_and_line(tmp_path, row, message):
-    path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(conversation(1, 2)) + "\n" + row + "\n")
-    with pytest.raises(chat.ChatRowError, match=message):
-        list(chat.read_conversations(str(path)))
-
-
 def test_epochs_are_a_pure_function_of_seed_and_epoch_and_see_every_conversation(chat_set):
     vocabulary = tokenizer.load_vocabulary(chat_set[1])
     data = sft.load([str(chat_set[0])], vocabulary, chat.ChatTemplate(), seq_len=128)

@@ -13,7 +13,8 @@ one directory. Every job that writes a directory (`train.run_dir`, `score.out_di
   heartbeat thread every `OwnershipConfig.heartbeat_s`, and taken over only when its
   heartbeat is older than `OwnershipConfig.stale_after_s`. The lease logic runs against a
   `RecordStore`; `LocalRecordStore` implements the same compare-and-swap on a local
-  directory, which is how it is tested (`OwnershipConfig.backend = 'lease'`).
+  directory, which is how it is tested (`OwnershipConfig.backend = 'lease'`); both live in
+  owner_records.py.
 
 A second owner gets `RunOwnedError` naming the directory and the owner's host, pid and last
 heartbeat, before it writes anything. A process that already owns a directory owns what is
@@ -36,9 +37,11 @@ import os
 import socket
 import threading
 import time
-from typing import Iterator, Optional, Protocol
+from typing import Iterator, Optional
 
 import gin
+
+from slm_jax.parallel import owner_records
 
 OWNER_FILE = ".owner"
 
@@ -164,109 +167,11 @@ def _flock_holder(lock_path: str) -> Optional[dict]:
 
 
 # ----------------------------------------------------------------------------------------
-# Object stores: a lease over a record with compare-and-swap.
-
-class RecordStore(Protocol):
-    """One object with a generation number that changes on every write (GCS semantics)."""
-
-    def create(self, body: bytes) -> Optional[int]:
-        """Writes the object only if it does not exist; its generation, or None."""
-
-    def read(self) -> Optional[tuple[bytes, int]]:
-        """(body, generation), or None when there is no object."""
-
-    def replace(self, body: bytes, generation: int) -> Optional[int]:
-        """Writes only if the object is still at `generation`; the new one, or None."""
-
-
-class LocalRecordStore:
-    """`RecordStore` on a local directory: generation-matched writes under a short flock,
-    so the lease logic runs (and is tested) without an object store."""
-
-    def __init__(self, directory: str, name: str = OWNER_FILE):
-        self.path = os.path.join(directory, name)
-        self._mutex = self.path + ".cas"
-
-    @contextlib.contextmanager
-    def _exclusive(self):
-        fd = os.open(self._mutex, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _write(self, body: bytes, generation: int) -> int:
-        tmp = f"{self.path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(json.dumps({"generation": generation, "body": body.decode()}).encode())
-        os.replace(tmp, self.path)
-        return generation
-
-    def read(self) -> Optional[tuple[bytes, int]]:
-        try:
-            with open(self.path, "rb") as f:
-                stored = json.loads(f.read())
-        except FileNotFoundError:
-            return None
-        return stored["body"].encode(), stored["generation"]
-
-    def create(self, body: bytes) -> Optional[int]:
-        with self._exclusive():
-            return None if self.read() is not None else self._write(body, 1)
-
-    def replace(self, body: bytes, generation: int) -> Optional[int]:
-        with self._exclusive():
-            current = self.read()
-            if current is None or current[1] != generation:
-                return None
-            return self._write(body, generation + 1)
-
-
-class GcsRecordStore:
-    """`RecordStore` on Google Cloud Storage: `ifGenerationMatch` preconditions
-    (google-cloud-storage, imported only for gs:// directories)."""
-
-    def __init__(self, directory: str, name: str = OWNER_FILE):
-        try:
-            from google.cloud import storage
-            from google.api_core import exceptions
-        except ImportError as e:
-            raise RuntimeError(
-                f"owning {directory} needs google-cloud-storage (pip install "
-                "google-cloud-storage), or set OwnershipConfig.backend='none'.") from e
-        bucket, _, prefix = directory[len("gs://"):].partition("/")
-        self._blob_name = f"{prefix.rstrip('/')}/{name}" if prefix else name
-        self._bucket = storage.Client().bucket(bucket)
-        self._failed = exceptions.PreconditionFailed
-        self._missing = exceptions.NotFound
-
-    def _upload(self, body: bytes, generation: int) -> Optional[int]:
-        blob = self._bucket.blob(self._blob_name)
-        try:
-            blob.upload_from_string(body, content_type="application/json",
-                                    if_generation_match=generation)
-        except self._failed:
-            return None
-        return blob.generation
-
-    def create(self, body: bytes) -> Optional[int]:
-        return self._upload(body, 0)
-
-    def read(self) -> Optional[tuple[bytes, int]]:
-        blob = self._bucket.blob(self._blob_name)
-        try:
-            body = blob.download_as_bytes()
-        except self._missing:
-            return None
-        return body, blob.generation
-
-    def replace(self, body: bytes, generation: int) -> Optional[int]:
-        return self._upload(body, generation)
-
+# Object stores: a lease over a record with compare-and-swap (owner_records.py).
 
 class _LeaseOwner:
-    def __init__(self, store: RecordStore, path: str, binding: str, config: OwnershipConfig):
+    def __init__(self, store: owner_records.RecordStore, path: str, binding: str,
+                 config: OwnershipConfig):
         self.store, self.path, self.binding, self.config = store, path, binding, config
         self._generation: Optional[int] = None
         self._record = _record(lock="lease")
@@ -360,7 +265,8 @@ def _make_owner(path: str, binding: str, config: OwnershipConfig):
             raise ValueError(f"{binding}={path!r} is not on a local filesystem, where flock "
                              "works; set OwnershipConfig.backend='lease' (or 'auto').")
         return _FlockOwner(path, binding)
-    store = GcsRecordStore(path) if path.startswith("gs://") else LocalRecordStore(path)
+    store = (owner_records.GcsRecordStore(path, OWNER_FILE) if path.startswith("gs://")
+             else owner_records.LocalRecordStore(path, OWNER_FILE))
     return _LeaseOwner(store, path, binding, config)
 
 
