@@ -118,16 +118,6 @@ def test_a_released_lease_is_free_at_once(tmp_path):
         pass
 
 
-def test_record_store_compare_and_swap(tmp_path):
-    store = owner_records.LocalRecordStore(str(tmp_path), "record")
-    assert store.read() is None
-    first = store.create(b"a")
-    assert first is not None and store.create(b"b") is None
-    second = store.replace(b"c", first)
-    assert second is not None and store.replace(b"d", first) is None
-    assert store.read() == (b"c", second)
-
-
 def test_config_is_checked():
     with pytest.raises(ValueError, match="OwnershipConfig.stale_after_s"):
         OwnershipConfig(heartbeat_s=10, stale_after_s=5)
