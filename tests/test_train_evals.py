@@ -84,3 +84,18 @@ def test_harness_hook_logs_lm_eval_metrics_of_the_live_params(setup, tmp_path):
     with pytest.raises(ValueError, match="no task .*nope"):
         HarnessEval(tasks="tiny_mc,nope", include_path=include,
                     include_defaults=False).make_hook(context)
+
+
+def test_tora_hook_runs_the_round_loop_on_the_live_params(setup):
+    from slm_jax.evals.train_evals import ToraEval
+    from slm_jax.math_eval import tora
+    context, params, sharded, dataset = setup
+    hook = ToraEval(dataset=dataset, num_problems=3, max_new_tokens=8, max_rounds=1,
+                    batch_size=3).make_hook(context)
+    with context.runtime.activate():
+        metrics = hook(sharded)
+    assert set(metrics) == {"heldout_tora_acc", "heldout_tora_program_ran_share"}
+    assert 0 <= metrics["heldout_tora_acc"] <= 1
+    with pytest.raises(ValueError, match="ToraEval.dataset"):
+        ToraEval().make_hook(context)
+    assert tora.MAX_ROUNDS == ToraEval().max_rounds == 4

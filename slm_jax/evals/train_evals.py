@@ -4,6 +4,8 @@
                        style jsonl: `train.few_shot_eval = @FewShotEvalConfig()`
     HarnessEval        lm-evaluation-harness tasks on a few documents each:
                        `train.evals = [@HarnessEval()]`
+    ToraEval           tool-integrated accuracy (the harness's `tora` mode, programs in
+                       the box): `train.evals = [@ToraEval()]`
 
 Each is a frozen gin configurable with `make_hook(context)`: the trainer builds the hook
 once from its EvalContext (slm_jax/trainer/hooks.py: the model, the training data and its
@@ -22,9 +24,9 @@ import os
 import gin
 
 from slm_jax import model as model_lib
-from slm_jax.data import tokenizer
+from slm_jax.data import chat, tokenizer
 from slm_jax.math_eval import problems as data_lib
-from slm_jax.math_eval import prompts, runner
+from slm_jax.math_eval import prompts, runner, tora
 from slm_jax.model.generate import Generator
 
 
@@ -76,6 +78,40 @@ class FewShotEvalConfig:
             rows = runner.solve(generator, params, sp, problems, n_shot=self.n_shot,
                                 max_new_tokens=self.max_new_tokens, exemplars=records)
             return {f"{self.name}_accuracy": runner.accuracy(rows)}
+        return hook
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ToraEval:
+    """Tool-integrated accuracy during training (the SFT job's Interpreter models):
+    `train.evals = [@ToraEval()]`; the harness's `tora` round loop (math_eval/tora.py), the
+    model's programs run in the box. Logged as eval_{name}_tora_acc and
+    eval_{name}_tora_program_ran_share."""
+
+    dataset: str = ""              # jsonl of {question, answer} or {problem, solution}
+    name: str = "heldout"
+    num_problems: int = 32
+    max_new_tokens: int = 256
+    max_rounds: int = tora.MAX_ROUNDS
+    batch_size: int = 32
+
+    def make_hook(self, context):
+        if not self.dataset or not os.path.exists(self.dataset):
+            raise ValueError(f"ToraEval.dataset={self.dataset!r} does not exist; set "
+                             "ToraEval.dataset to a GSM8K/MATH-style jsonl")
+        sp = load_tokenizer(context.data.vocab_path, context.model, "DataConfig.vocab_path")
+        problems = data_lib.load_problems(self.dataset, self.num_problems)
+        generator = Generator(context.model, placement=context.runtime,
+                              batch_size=self.batch_size)
+        template = chat.ChatTemplate()
+
+        def hook(params) -> dict:
+            rows = tora.solve(generator, params, sp, problems, template,
+                              max_new_tokens=self.max_new_tokens, max_rounds=self.max_rounds)
+            result = tora.metrics(rows)
+            return {f"{self.name}_tora_acc": result["acc"],
+                    f"{self.name}_tora_program_ran_share": result["program_ran_share"]}
         return hook
 
 
