@@ -123,3 +123,18 @@ def test_config_is_checked():
         OwnershipConfig(heartbeat_s=10, stale_after_s=5)
     with pytest.raises(ValueError, match="OwnershipConfig.backend"):
         OwnershipConfig(backend="nfs")
+
+
+def test_a_job_that_fails_before_writing_leaves_its_directory_as_it_was(tmp_path):
+    with pytest.raises(ValueError):
+        with ownership.own(str(tmp_path / "new"), binding="experiment.work_dir"):
+            raise ValueError("bad input")
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    with pytest.raises(ValueError):
+        with ownership.own(str(tmp_path / "old"), binding="experiment.work_dir"):
+            raise ValueError("bad input")
+    assert list((tmp_path / "old").iterdir()) == []
+    with ownership.own(str(tmp_path / "old"), binding="experiment.work_dir"):
+        (tmp_path / "old" / "results.md").write_text("x")
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == [".owner", "results.md"]

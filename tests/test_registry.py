@@ -16,7 +16,7 @@ def fresh_gin():
 
 def test_every_job_and_config_is_configurable():
     assert set(registry.JOBS) == {"train", "score", "demo", "experiment", "bench", "analyze",
-                                  "eval", "compile"}
+                                  "eval", "compile", "sft"}
     bindings = "\n".join(f"run.job = '{job}'" for job in registry.JOBS) + """
 ReferenceConfig.dtype = 'float32'
 ModelConfig.d_model = 64

@@ -114,15 +114,24 @@ class _FlockOwner:
             owner = _flock_holder(os.path.join(ancestor, OWNER_FILE))
             if owner is not None:
                 raise _refusal(self.path, self.binding, owner)
-        fd = os.open(os.path.join(self.path, OWNER_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
+        lock_path = os.path.join(self.path, OWNER_FILE)
+        while True:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise _refusal(self.path, self.binding, _read_json_file(lock_path)) from None
+            # Locked the file still at the path? (A refused job's release unlinks its own.)
+            try:
+                if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
             os.close(fd)
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            raise _refusal(self.path, self.binding, _read_json_file(
-                os.path.join(self.path, OWNER_FILE))) from None
+        self.created_record = os.fstat(fd).st_size == 0
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_record(lock="flock")).encode(), 0)
         self._fd = fd
@@ -130,10 +139,15 @@ class _FlockOwner:
     def check(self) -> None:
         pass  # a flock cannot be taken away while this process lives
 
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)   # the record stays: it says who wrote here last
-            self._fd = None
+    def release(self, untouched: bool = False) -> None:
+        """The record stays (it says who wrote here last), unless the job wrote nothing else:
+        a job refused for bad input leaves its directory as it found it."""
+        if self._fd is None:
+            return
+        if untouched and self.created_record and os.listdir(self.path) == [OWNER_FILE]:
+            os.unlink(os.path.join(self.path, OWNER_FILE))   # still locked: no one else took it
+        os.close(self._fd)
+        self._fd = None
 
 
 def _ancestors(path: str) -> Iterator[str]:
@@ -317,6 +331,7 @@ def own(path: str, *, binding: str, config: Optional[OwnershipConfig] = None):
         yield
         return
     owner, error = None, None
+    created = "://" not in path and not os.path.exists(path)
     if _is_first_process():
         if "://" not in path:
             _make_directory(path, binding)
@@ -328,12 +343,18 @@ def own(path: str, *, binding: str, config: Optional[OwnershipConfig] = None):
     _agree(owner is not None or not _is_first_process(), error)
     with _held_lock:   # processes > 0 hold it through process 0: nested calls stay free
         _held[path] = owner if owner is not None else _HeldByProcessZero()
+    failed = True
     try:
         yield
+        failed = False
     finally:
         with _held_lock:
             _held.pop(path, None)
-        if owner is not None:
+        if isinstance(owner, _FlockOwner):
+            owner.release(untouched=failed)
+            if failed and created and not os.listdir(path):
+                os.rmdir(path)
+        elif owner is not None:
             owner.release()
 
 
