@@ -26,9 +26,9 @@ def outside_file(tmp_path_factory):
 HOSTILE = {
     # name: (program, the report must match, what must hold on the host afterwards)
     "infinite loop": ("while True:\n    pass",
-                      "TimeoutError: the program ran longer than 2 s", None),
+                      "TimeoutError: the program ", None),
     "fork bomb": ("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n"
-                  "        pass", "TimeoutError: the program ran longer than 2 s", "no_nobody_left"),
+                  "        pass", "TimeoutError: the program ", "no_nobody_left"),
     "memory bomb": ("x = bytearray(8 << 30)", "MemoryError", None),
     "huge output": ("print('x' * (50 << 20))", "OSError: [Errno 27] File too large", None),
     "parent's environment": (f"import os\nprint(os.environ.get({SECRET!r}, 'not found'), "
@@ -110,3 +110,12 @@ def test_the_rlimits_fallback_still_holds_the_limits(name):
 def test_an_unknown_isolation_is_refused():
     with pytest.raises(ValueError, match="SandboxConfig.isolation"):
         SandboxConfig(isolation="docker")
+
+
+@pytest.mark.parametrize("isolation", ["namespaces", "rlimits"])
+def test_a_loop_stopped_by_the_cpu_limit_is_a_time_out_too(isolation):
+    # The CPU limit and the wall clock race for a busy loop; either way the model reads a time-out.
+    report = run_program("while True:\n    pass",
+                         SandboxConfig(wall_s=20.0, cpu_s=1, isolation=isolation))
+    assert report.text == "TimeoutError: the program used more than 1 s of CPU time", report.text
+    assert not report.ok

@@ -117,8 +117,10 @@ class Report:
 def _limits(config: SandboxConfig):
     def apply():
         os.setsid()   # its own process group: nothing of it can reach ours by group signals
-        for limit, value in ((resource.RLIMIT_CPU, config.cpu_s),
-                             (resource.RLIMIT_AS, config.memory_bytes),
+        # CPU: the soft limit's SIGXCPU comes a second before the hard limit's SIGKILL, so a
+        # loop that wins the race against the wall clock is still reported as a time-out.
+        resource.setrlimit(resource.RLIMIT_CPU, (config.cpu_s, config.cpu_s + 1))
+        for limit, value in ((resource.RLIMIT_AS, config.memory_bytes),
                              (resource.RLIMIT_NPROC, config.max_processes),
                              (resource.RLIMIT_FSIZE, config.output_bytes),
                              (resource.RLIMIT_NOFILE, 64), (resource.RLIMIT_CORE, 0)):
@@ -228,10 +230,10 @@ def _report(stdout: str, stderr: str, code: int, timed_out: bool, config: Sandbo
     elif code < 0 or code >= 128:
         number = -code if code < 0 else code - 128
         name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else number
-        why = {"SIGXCPU": "it used more than the CPU time limit",
-               "SIGXFSZ": "its output passed the size limit",
+        why = {"SIGXFSZ": "its output passed the size limit",
                "SIGKILL": "it was killed (a limit)"}.get(name, "it crashed")
-        text = f"RuntimeError: the program stopped by {name}: {why}"
+        text = (f"TimeoutError: the program used more than {config.cpu_s} s of CPU time"
+                if name == "SIGXCPU" else f"RuntimeError: the program stopped by {name}: {why}")
     elif code != 0:
         lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
         text = lines[-1] if lines else f"RuntimeError: exit code {code}"
