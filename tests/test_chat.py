@@ -16,7 +16,8 @@ def test_only_the_assistant_and_its_eos_are_trained_and_outputs_are_masked(chat_
     trained = vocabulary.decode([int(i) for i in ids[mask] if i != vocabulary.eos_id])
     assert "What is" not in trained and "<|assistant|>" not in trained
     assert "print(3 + 4)" in trained and "boxed{7}" in trained
-    assert "```output" not in trained                 # the interpreter's text is not learned
+    # the interpreter's result is not learned; the model's call, the ```output opener, is
+    assert "```output" in trained and "\n7\n" not in trained and trained.count("```") == 3
     assert ids[-1] == vocabulary.eos_id and mask[-1]
     unmasked_ids, unmasked = chat.ChatTemplate(mask_tool_outputs=False).encode(vocabulary, messages)
     assert (unmasked_ids == ids).all() and unmasked.sum() > mask.sum()

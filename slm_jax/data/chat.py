@@ -9,9 +9,12 @@ A row is `{"messages": [{"role": "user", "content": ...}, {"role": "assistant", 
 so accuracies compare with Rho-Math-Interpreter's. Each piece is tokenised on its own and the
 ids concatenated, for the training rows and the evaluation prompts alike, so both see the
 same ids at the turn boundaries. The loss covers the assistant's tokens and the EOS after
-them; with `mask_tool_outputs` (the default) not the interpreter's ```output blocks inside
-them: at inference the interpreter writes those, and a model trained to predict them learns
-to invent results instead of running its program.
+them; with `mask_tool_outputs` (the default) not the interpreter's results inside them: at
+inference the interpreter writes those, and a model trained to predict them learns to invent
+results instead of running its program. The "```output" opener before each result stays
+trained: it is how the model calls the interpreter (the harness stops at it and runs the
+program), and a model never trained to write it skips the call and guesses the answer (the
+first evidence run did exactly that: every program written, none run, 0 of 100).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import gin
 import numpy as np
 
 ROLES = ("system", "user", "assistant")
-_OUTPUT_BLOCK = re.compile(r"```output\n.*?```\n?", re.DOTALL)
+# group 1: the interpreter's part of an output block (its result and the closing fence)
+_OUTPUT_BLOCK = re.compile(r"```output(\n.*?```\n?)", re.DOTALL)
 
 
 class ChatRowError(ValueError):
@@ -38,7 +42,8 @@ class ChatTemplate:
     """The chat rendering (see the module docstring).
 
     name: 'tora' (math-evaluation-harness's `<|user|>`/`<|assistant|>` turn).
-    mask_tool_outputs: leave the interpreter's ```output blocks out of the loss.
+    mask_tool_outputs: leave the interpreter's results (the inside of ```output blocks) out of
+        the loss; the "```output" opener, the model's call, is trained either way.
     """
     name: str = "tora"
     mask_tool_outputs: bool = True
@@ -51,6 +56,14 @@ class ChatTemplate:
 
     def turn_prefix(self, role: str) -> str:
         return {"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|assistant|>\n"}[role]
+
+    def jinja(self) -> str:
+        """This rendering as a Jinja chat template (GGUF `tokenizer.chat_template`, HF
+        `chat_template.jinja`), so runtimes prompt the fine-tuned model as it was trained."""
+        return ("{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' }}"
+                "{% if message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+                "{% else %}{{ message['content'] + '\\n' }}{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
 
     def pieces(self, messages: list[dict]) -> list[tuple[str, bool]]:
         """(text, trained on) pieces of a conversation, in order; the EOS is added by `encode`
@@ -70,8 +83,8 @@ class ChatTemplate:
         # Split at the output blocks either way, so the ids do not depend on the mask.
         pieces, last = [], 0
         for match in _OUTPUT_BLOCK.finditer(content):
-            pieces += [(content[last:match.start()], True),
-                       (match.group(0), not self.mask_tool_outputs)]
+            pieces += [(content[last:match.start(1)], True),
+                       (match.group(1), not self.mask_tool_outputs)]
             last = match.end()
         return [p for p in pieces + [(content[last:], True)] if p[0]]
 
