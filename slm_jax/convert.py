@@ -4,6 +4,8 @@ Qwen3, SmolLM2) <-> orbax checkpoints.
     python -m slm_jax.convert hf_to_orbax --hf_dir DIR --out OUT [--no-scan_layers]
     python -m slm_jax.convert orbax_to_hf --ckpt_dir OUT|RUN_DIR --out HF [--gin_file F]
     python -m slm_jax.convert gguf_to_hf --gguf FILE.gguf --out DIR   (needs torch, transformers)
+    python -m slm_jax.convert orbax_to_gguf --ckpt_dir OUT|RUN_DIR|--hf_dir HF --out F.gguf \
+        [--type q8_0] [--tokenizer PATH] [--type_like OTHER.gguf] [--chat_template tora|FILE]
 
 The conversion itself is slm_jax/hf/. See docs/convert.md.
 """
@@ -48,7 +50,62 @@ def _parser() -> argparse.ArgumentParser:
                        "the input of hf_to_orbax")
     c.add_argument("--gguf", required=True)
     c.add_argument("--out", required=True)
+    d = sub.add_parser("orbax_to_gguf", help="orbax checkpoint (or HF directory) -> GGUF file "
+                       "for llama.cpp, Ollama, LM Studio (docs/convert.md)")
+    source = d.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt_dir", help="as orbax_to_hf takes it")
+    source.add_argument("--hf_dir", help="a Hugging Face directory (e.g. orbax_to_hf's export)")
+    d.add_argument("--out", required=True, help="the .gguf file to write (must not exist)")
+    d.add_argument("--type", default="q8_0", help="f32, f16, bf16, q8_0, q5_1, q5_0, q4_1, q4_0 "
+                   "(norms stay F32; below q8_0 the embedding and output stay Q8_0)")
+    d.add_argument("--type_like", default=None, help="take each tensor's type from this GGUF "
+                   "file instead (e.g. the file the model was converted from)")
+    d.add_argument("--tokenizer", default=None, help="tokenizer.json, .model or a directory "
+                   "(default: the run's DataConfig.vocab_path, else the source model's files)")
+    d.add_argument("--tokenizer_pre", default=None, help="llama.cpp's pre-tokenizer name, when "
+                   "it cannot be read from tokenizer.json")
+    d.add_argument("--chat_template", default="auto", help="'auto' (a run.job='sft' run: the "
+                   "ChatTemplate it trained with; else the tokenizer's own), 'tora', 'none' or a "
+                   ".jinja file")
+    d.add_argument("--gin_file", action="append", default=None)
+    d.add_argument("--gin", action="append", default=[])
     return parser
+
+
+def _chat_template(choice: str, ckpt_dir: str | None) -> str | None:
+    """The Jinja text to write, or None for the tokenizer's own."""
+    from slm_jax.data.chat import ChatTemplate
+    from slm_jax.hf import hub_files
+    if choice == "auto":
+        job = hub_files.run_binding(ckpt_dir, "run.job") if ckpt_dir else None
+        return ChatTemplate().jinja() if job == "sft" else None
+    if choice == "tora":
+        return ChatTemplate().jinja()
+    if choice == "none":
+        return ""
+    if not os.path.isfile(choice):
+        raise ValueError(f"--chat_template {choice} is neither auto, tora, none nor a file")
+    with open(choice, encoding="utf-8") as f:
+        return f.read()
+
+
+def _orbax_to_gguf(args) -> str:
+    from slm_jax.hf import gguf_export
+    options = dict(type_name=args.type, tokenizer=args.tokenizer, type_like=args.type_like,
+                   tokenizer_pre=args.tokenizer_pre,
+                   chat_template=_chat_template(args.chat_template, args.ckpt_dir))
+    if args.hf_dir:
+        types = gguf_export.hf_to_gguf(args.hf_dir, args.out, **options)
+    else:
+        gin_files = args.gin_file or find_model_gin(args.ckpt_dir)
+        types = gguf_export.orbax_to_gguf(args.ckpt_dir, args.out,
+                                          model_config_from_gin(gin_files, args.gin), **options)
+    counts: dict[str, int] = {}
+    for name in types.values():
+        counts[name] = counts.get(name, 0) + 1
+    size = os.path.getsize(args.out)
+    return (f"wrote {os.path.abspath(args.out)} ({size / 1e6:.1f} MB; tensors: "
+            + ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) + ")")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             from slm_jax.hf.gguf import gguf_to_hf
             print(f"wrote {gguf_to_hf(args.gguf, args.out)}; next: python -m slm_jax.convert "
                   f"hf_to_orbax --hf_dir {args.out} --out OUT")
+        elif args.command == "orbax_to_gguf":
+            print(_orbax_to_gguf(args))
         else:
             gin_files = args.gin_file or find_model_gin(args.ckpt_dir)
             cfg = model_config_from_gin(gin_files, args.gin)

