@@ -9,6 +9,7 @@ with; llama.cpp's own converter finds it by hashing a tokenization, here it is r
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -58,72 +59,94 @@ def tokenizer_directory(tokenizer: str | None, fallback: str | None) -> str:
         ".model or a directory holding them); a GGUF file without one cannot run in llama.cpp")
 
 
+@dataclasses.dataclass
+class TokenTable:
+    """What `tokenizer.ggml.*` lists, in id order."""
+    model: str                       # llama.cpp's tokenizer model: "gpt2" or "llama"
+    tokens: list[str]
+    types: list[int]
+    scores: list[float] | None       # SentencePiece only
+    pre: str | None = None           # byte-level BPE only
+    processor: object = None         # the SentencePieceProcessor, for its special ids
+
+    def pad_to(self, vocab_size: int, directory: str):
+        """Rows the model has beyond the tokenizer's become unused placeholder tokens."""
+        import gguf
+        if len(self.tokens) > vocab_size:
+            raise ConversionError(f"the tokenizer in {directory} has {len(self.tokens)} tokens "
+                                  f"but the model's vocab_size is {vocab_size}; pass the "
+                                  "model's own --tokenizer")
+        for i in range(len(self.tokens), vocab_size):
+            self.tokens.append(f"[PAD{i}]")
+            self.types.append(gguf.TokenType.UNUSED)
+            if self.scores is not None:
+                self.scores.append(-1000.0)
+
+
+def byte_level_bpe_table(path: Path, pre: str | None) -> TokenTable:
+    import gguf
+    from gguf.vocab import BpeVocab
+    with open(path / "tokenizer.json", encoding="utf-8") as f:
+        tokenizer_json = json.load(f)
+    try:
+        vocab = BpeVocab(path)
+    except FileNotFoundError as e:
+        raise ConversionError(
+            f"{path / 'tokenizer.json'} is not a byte-level BPE tokenizer ({e}); GGUF export "
+            "converts byte-level BPE tokenizer.json files and SentencePiece .model files")
+    added = {t["content"]: t.get("special", True) for t in tokenizer_json.get("added_tokens", [])}
+    tokens, types = [], []
+    for text, _, _ in vocab.all_tokens():
+        text = text.decode("utf-8") if isinstance(text, bytes) else text
+        tokens.append(text)
+        types.append(gguf.TokenType.NORMAL if text not in added else
+                     gguf.TokenType.CONTROL if added[text] else gguf.TokenType.USER_DEFINED)
+    return TokenTable("gpt2", tokens, types, None,
+                      pre or _pre_tokenizer_name(tokenizer_json, str(path / "tokenizer.json")))
+
+
+def sentencepiece_table(path: Path) -> TokenTable:
+    from gguf.vocab import SentencePieceVocab
+    vocab = SentencePieceVocab(path)
+    rows = list(vocab.all_tokens())
+    return TokenTable("llama", [text.decode("utf-8") for text, _, _ in rows],
+                      [kind for _, _, kind in rows], [score for _, score, _ in rows],
+                      processor=vocab.sentencepiece_tokenizer)
+
+
 def add_tokenizer(writer, directory: str, vocab_size: int, *, pre: str | None = None,
                   chat_template: str | None = None) -> str:
     """Writes the tokenizer metadata; returns llama.cpp's tokenizer model name."""
-    import gguf
-    from gguf.vocab import BpeVocab, SentencePieceVocab, SpecialVocab
+    from gguf.vocab import SpecialVocab
 
     path = Path(directory)
     if (path / "tokenizer.json").exists():
-        with open(path / "tokenizer.json", encoding="utf-8") as f:
-            tokenizer_json = json.load(f)
-        try:
-            vocab = BpeVocab(path)
-        except FileNotFoundError as e:
-            raise ConversionError(
-                f"{path / 'tokenizer.json'} is not a byte-level BPE tokenizer ({e}); GGUF export "
-                "converts byte-level BPE tokenizer.json files and SentencePiece .model files")
-        pre = pre or _pre_tokenizer_name(tokenizer_json, str(path / "tokenizer.json"))
-        added = {t["content"]: t.get("special", True)
-                 for t in tokenizer_json.get("added_tokens", [])}
-        tokens, types = [], []
-        for text, _, _ in vocab.all_tokens():
-            text = text.decode("utf-8") if isinstance(text, bytes) else text
-            tokens.append(text)
-            types.append(gguf.TokenType.NORMAL if text not in added else
-                         gguf.TokenType.CONTROL if added[text] else gguf.TokenType.USER_DEFINED)
-        scores, model, merges = None, "gpt2", True
+        table = byte_level_bpe_table(path, pre)
     elif (path / "tokenizer.model").exists():
-        vocab = SentencePieceVocab(path)
-        tokens, scores, types = [], [], []
-        for text, score, kind in vocab.all_tokens():
-            tokens.append(text.decode("utf-8"))
-            scores.append(score)
-            types.append(kind)
-        model, merges = "llama", False
+        table = sentencepiece_table(path)
     else:
         raise ConversionError(f"{directory} holds neither tokenizer.json nor tokenizer.model")
-    if len(tokens) > vocab_size:
-        raise ConversionError(f"the tokenizer in {directory} has {len(tokens)} tokens but the "
-                              f"model's vocab_size is {vocab_size}; pass the model's own "
-                              "--tokenizer")
-    for i in range(len(tokens), vocab_size):   # rows the model has beyond the tokenizer's
-        tokens.append(f"[PAD{i}]")
-        types.append(gguf.TokenType.UNUSED)
-        if scores is not None:
-            scores.append(-1000.0)
-    writer.add_tokenizer_model(model)
-    if pre:
-        writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    if scores is not None:
-        writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    if model == "llama":
+    table.pad_to(vocab_size, directory)
+    writer.add_tokenizer_model(table.model)
+    if table.pre:
+        writer.add_tokenizer_pre(table.pre)
+    writer.add_token_list(table.tokens)
+    if table.scores is not None:
+        writer.add_token_scores(table.scores)
+    writer.add_token_types(table.types)
+    special = SpecialVocab(path, load_merges=table.model == "gpt2", n_vocab=vocab_size)
+    if table.processor is not None:   # ids and BOS as the project encodes with the .model
         writer.add_add_space_prefix(_sentencepiece_adds_space(path / "tokenizer.model"))
-    special = SpecialVocab(path, load_merges=merges, n_vocab=vocab_size)
-    if model == "llama":   # ids and BOS as the project encodes with the .model itself
-        processor = vocab.sentencepiece_tokenizer
-        for role, token_id in (("bos", processor.bos_id()), ("eos", processor.eos_id()),
-                               ("unk", processor.unk_id()), ("pad", processor.pad_id())):
+        sp = table.processor
+        for role, token_id in (("bos", sp.bos_id()), ("eos", sp.eos_id()),
+                               ("unk", sp.unk_id()), ("pad", sp.pad_id())):
             if token_id >= 0:
                 special.special_token_ids[role] = token_id
-        special.add_special_token.update(bos=processor.bos_id() >= 0, eos=False)
+        special.add_special_token.update(bos=sp.bos_id() >= 0, eos=False)
     if chat_template is not None:
         special.chat_template = chat_template or None   # "" drops the tokenizer's own
     special.add_to_gguf(writer, quiet=True)
-    return model
+    return table.model
 
 
 def _sentencepiece_adds_space(model_path: Path) -> bool:
