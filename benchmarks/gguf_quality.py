@@ -19,6 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")   # a CPU host with libtpu installed must not probe for a TPU
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

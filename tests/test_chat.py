@@ -38,3 +38,53 @@ def test_a_bad_row_is_named_by_file_and_line(tmp_path, row, message):
     path.write_text(json.dumps(conversation(1, 2)) + "\n" + row + "\n")
     with pytest.raises(chat.ChatRowError, match=message):
         list(chat.read_conversations(str(path)))
+
+
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + "
+          "message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+@pytest.fixture
+def model_template(chat_set, tmp_path):
+    """A tokenizer directory with its own (ChatML) chat template, as hf_to_orbax keeps it."""
+    (tmp_path / "chat_template.jinja").write_text(CHATML)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))
+    return chat.ChatTemplate(name="model").resolved(str(tmp_path / "tokenizer.json"))
+
+
+def test_a_models_own_template_trains_the_assistant_turns_as_it_renders_them(chat_set,
+                                                                            model_template):
+    import jinja2
+    vocabulary = tokenizer.load_vocabulary(chat_set[1])
+    messages = [{"role": "system", "content": "Be brief."}] + conversation(3, 4)["messages"] + [
+        {"role": "user", "content": "And 5 + 6?"}, {"role": "assistant", "content": "11"}]
+    pieces = model_template.pieces(messages)
+    # the pieces are the template's own rendering, cut at the assistant turns
+    assert "".join(text for text, _ in pieces) == jinja2.Template(CHATML).render(
+        messages=messages, add_generation_prompt=False)
+    trained = "".join(text for text, on in pieces if on)
+    assert trained.startswith("Let me add them.") and "```output" in trained
+    assert "\n7\n" not in trained and "What is" not in trained and "Be brief" not in trained
+    assert trained.endswith("11<|im_end|>\n") and trained.count("<|im_end|>") == 2
+    ids, mask = model_template.encode(vocabulary, messages)
+    prompt = model_template.encode_prompt(vocabulary, "What is 3 + 4?")
+    head, _ = chat.ChatTemplate(name="model", source=model_template.source).encode(
+        vocabulary, messages[1:3])
+    assert (head[: len(prompt)] == prompt).all()    # the eval prompt is the rows' head, id for id
+    assert model_template.jinja() == CHATML
+
+
+def test_a_template_that_rewrites_earlier_turns_is_refused(chat_set, tmp_path):
+    rewriting = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+                 "[earlier answer]{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
+                 "{% if add_generation_prompt %}>{% endif %}")
+    (tmp_path / "t.jinja").write_text(rewriting)
+    template = chat.ChatTemplate(name="model", source=str(tmp_path / "t.jinja"))
+    messages = conversation(1, 2)["messages"] * 2
+    with pytest.raises(ValueError, match="does not render a conversation's beginning.*'tora'"):
+        template.pieces(messages)
+    with pytest.raises(ValueError, match="ChatTemplate.source=.* has no chat template"):
+        chat.ChatTemplate(name="model", source=str(tmp_path)).pieces(messages)
+    with pytest.raises(ValueError, match="ChatTemplate.name='chatml'"):
+        chat.ChatTemplate(name="chatml")

@@ -104,7 +104,7 @@ class ToraEval:
         problems = data_lib.load_problems(self.dataset, self.num_problems)
         generator = Generator(context.model, placement=context.runtime,
                               batch_size=self.batch_size)
-        template = chat.ChatTemplate()
+        template = chat.ChatTemplate().resolved(context.data.vocab_path)
 
         def hook(params) -> dict:
             rows = tora.solve(generator, params, sp, problems, template,

@@ -110,7 +110,8 @@ def evaluate(out_dir: str = gin.REQUIRED, *,
         params = runtime.restore_params(checkpoint, model, binding="eval.checkpoint")
         generator = Generator(model, placement=runtime, batch_size=batch_size)
         if prompt_type == "tora":
-            return _tora(generator, params, sp, specs, out_dir, template or chat.ChatTemplate(),
+            template = (template or chat.ChatTemplate()).resolved(vocab_path)
+            return _tora(generator, params, sp, specs, out_dir, template,
                          num_problems=num_problems, max_rounds=max_rounds,
                          max_new_tokens=max_new_tokens or tora.MAX_NEW_TOKENS,
                          info={"checkpoint": os.path.abspath(checkpoint)})

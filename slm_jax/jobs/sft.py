@@ -48,7 +48,7 @@ def sft(run_dir: str = gin.REQUIRED, *, data_files: str = gin.REQUIRED, num_epoc
                          "sft.warmup_share.")
     # The batch shape and tokenizer; its file_pattern names the SFT files (run records).
     data = data or pipeline.DataConfig(file_pattern=data_files)
-    template = template or chat.ChatTemplate()
+    template = (template or chat.ChatTemplate()).resolved(data.vocab_path)
     files = resolve_files(data_files) if data_files else []
     vocabulary = tokenizer.load_vocabulary(data.vocab_path)
     conversations = sft_data.load(files, vocabulary, template, data.seq_len)
