@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the run's DataConfig.vocab_path, else the source model's files)")
     d.add_argument("--tokenizer_pre", default=None, help="llama.cpp's pre-tokenizer name, when "
                    "it cannot be read from tokenizer.json")
-    d.add_argument("--chat_template", default="auto", help="'auto' (a run.job='sft' run: the "
-                   "ChatTemplate it trained with; else the tokenizer's own), 'tora', 'none' or a "
-                   ".jinja file")
+    d.add_argument("--chat_template", default="auto", help="'auto' (a run.job='sft' run with "
+                   "the harness's turn: that turn; else the tokenizer's own), 'tora', 'none' or "
+                   "a .jinja file")
     d.add_argument("--gin_file", action="append", default=None)
     d.add_argument("--gin", action="append", default=[])
     return parser
@@ -78,7 +78,9 @@ def _chat_template(choice: str, ckpt_dir: str | None) -> str | None:
     from slm_jax.hf import hub_files
     if choice == "auto":
         job = hub_files.run_binding(ckpt_dir, "run.job") if ckpt_dir else None
-        return ChatTemplate().jinja() if job == "sft" else None
+        own = hub_files.run_binding(ckpt_dir, "ChatTemplate.name") == "model" if ckpt_dir \
+            else False
+        return ChatTemplate().jinja() if job == "sft" and not own else None
     if choice == "tora":
         return ChatTemplate().jinja()
     if choice == "none":

@@ -217,6 +217,8 @@ def test_an_sft_runs_chat_template_goes_into_the_file(demo, tmp_path):
     from slm_jax.convert import _chat_template
     assert _chat_template("auto", str(run / "checkpoints")) == ChatTemplate().jinja()
     assert _chat_template("auto", os.path.dirname(files["f32"])) is None
+    (run / "config.gin").write_text("run.job = 'sft'\nChatTemplate.name = 'model'\n")
+    assert _chat_template("auto", str(run / "checkpoints")) is None   # the tokenizer's own
     out = str(tmp_path / "chat.gguf")
     gguf_export.orbax_to_gguf(os.path.join(os.path.dirname(files["f32"]), "model"), out, type_name="q8_0", tokenizer=spm_path,
                               chat_template=ChatTemplate().jinja())
