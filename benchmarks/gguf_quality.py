@@ -3,6 +3,7 @@ through the project's scoring, and its change against F32; plus the size of each
 1.1B and 7B models (from the size formula, checked against the Rho-Math release's 7B files).
 
     python benchmarks/gguf_quality.py --ckpt_dir runs/smollm2/orbax --out_dir runs/gguf_quality
+    python benchmarks/gguf_quality.py --ckpt_dir runs/interpreter/tool --no_sizes   # fine-tuned
 
 Each type: `orbax_to_gguf` writes the file, `read_gguf_params` reads it back (the gguf
 package dequantizes), and the project's loglikelihood scorer (the lm-eval backend's,
@@ -90,14 +91,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ckpt_dir", default="runs/smollm2/orbax")
     parser.add_argument("--out_dir", default="runs/gguf_quality")
+    parser.add_argument("--tokenizer", default=None, help="default: the run's DataConfig."
+                        "vocab_path, else --ckpt_dir")
+    parser.add_argument("--no_sizes", action="store_true", help="skip the 1.1B/7B size table")
     parser.add_argument("--docs", type=int, default=64)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--types", default=",".join(gguf_export.TYPES))
     args = parser.parse_args(argv)
     os.makedirs(args.out_dir, exist_ok=True)
-    cfg = dataclasses.replace(model_config_from_gin([os.path.join(args.ckpt_dir, "model.gin")]),
+    from slm_jax.hf import hub_files
+    from slm_jax.hf.conversion import find_model_gin
+    cfg = dataclasses.replace(model_config_from_gin(find_model_gin(args.ckpt_dir)),
                               dtype="float32")
-    batch = held_out_batch(args.ckpt_dir, args.docs, args.length)
+    vocab_path = args.tokenizer or hub_files.run_tokenizer(args.ckpt_dir) or args.ckpt_dir
+    batch = held_out_batch(vocab_path, args.docs, args.length)
     print(f"held-out: {batch['inputs'].shape[0]} documents, "
           f"{int(batch['loss_weights'].sum())} scored tokens")
     lines = ["| type | file size | held-out perplexity | change vs F32 | export s |",
@@ -117,8 +124,9 @@ def main(argv=None) -> int:
         print(lines[-1], flush=True)
         os.remove(path)
     print("\n".join(lines))
-    print()
-    print("\n".join(seed_sizes()))
+    if not args.no_sizes:
+        print()
+        print("\n".join(seed_sizes()))
     return 0
 
 
