@@ -3,7 +3,8 @@ through the project's scoring, and its change against F32; plus the size of each
 1.1B and 7B models (from the size formula, checked against the Rho-Math release's 7B files).
 
     python benchmarks/gguf_quality.py --ckpt_dir runs/smollm2/orbax --out_dir runs/gguf_quality
-    python benchmarks/gguf_quality.py --ckpt_dir runs/interpreter/tool --no_sizes   # fine-tuned
+    python benchmarks/gguf_quality.py --ckpt_dir runs/smollm2_experiment/slm --tokenizer runs/smollm2/orbax \
+      --out_dir runs/gguf_quality_slm --no_sizes         # the SLM student of the experiment
 
 Each type: `orbax_to_gguf` writes the file, `read_gguf_params` reads it back (the gguf
 package dequantizes), and the project's loglikelihood scorer (the lm-eval backend's,
@@ -115,7 +116,8 @@ def main(argv=None) -> int:
         if os.path.exists(path):
             os.remove(path)
         start = time.perf_counter()
-        gguf_export.orbax_to_gguf(args.ckpt_dir, path, type_name=type_name)
+        gguf_export.orbax_to_gguf(args.ckpt_dir, path, type_name=type_name,
+                                  tokenizer=args.tokenizer)
         seconds = time.perf_counter() - start
         ppl = perplexity(read_gguf_params(path, cfg), cfg, batch)
         base = base or ppl
