@@ -39,3 +39,21 @@ def smollm2_orbax_dir(smollm2_hf_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("smollm2") / "orbax")
     hf_to_orbax(smollm2_hf_dir, out, max_seq_len=2048)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_converted(smollm2_orbax_dir):
+    """(fp32-compute ModelConfig, params on one device) of `smollm2_orbax_dir`, restored once."""
+    import dataclasses
+
+    import jax
+    from slm_jax import model as model_lib
+    from slm_jax.hf import mapping
+    from slm_jax.parallel import checkpoint as ckpt_lib
+    cfg = mapping.model_config_from_gin([os.path.join(smollm2_orbax_dir, "model.gin")])
+    cfg = dataclasses.replace(cfg, dtype="float32")
+    abstract = model_lib.abstract_params(cfg)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    params = ckpt_lib.restore_params(smollm2_orbax_dir, abstract,
+                                     jax.tree.map(lambda _: device, abstract), binding="test")
+    return cfg, params

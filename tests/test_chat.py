@@ -46,7 +46,7 @@ CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\
 
 
 @pytest.fixture
-def model_template(chat_set, tmp_path):
+def model_template(tmp_path):
     """A tokenizer directory with its own (ChatML) chat template, as hf_to_orbax keeps it."""
     (tmp_path / "chat_template.jinja").write_text(CHATML)
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>"}))

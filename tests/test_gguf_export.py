@@ -93,7 +93,7 @@ def test_every_type_follows_the_policy_and_reads_back_within_a_step(demo, type_n
     # stores (HF layout, one tensor per layer).
     back = read_gguf_params(files[type_name], cfg)
     for t in gguf_export.gguf_tensors(cfg, "llama", "f32"):
-        want, got = hf_tensor(params, t.entry), hf_tensor(back, t.entry)
+        want, got = mapping.hf_tensor(params, t.entry), mapping.hf_tensor(back, t.entry)
         err = np.abs(got - want)
         stored = Q(next(r.tensor_type for r in reader.tensors if r.name == t.name))
         assert (err <= quant_step(want, stored)).all(), (t.name, err.max())
@@ -105,14 +105,6 @@ def test_the_size_formula_is_the_files_tensor_data(demo):
         stored = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors)
         assert gguf_export.gguf_bytes(cfg, type_name) == stored, type_name
         assert 0 < os.path.getsize(path) - stored < 200_000   # header, tokenizer, alignment
-
-
-def hf_tensor(params, entry):
-    node = params
-    for key in entry.path:
-        node = node[key]
-    return mapping.flax_to_hf(np.asarray(node if entry.layer is None else node[entry.layer]),
-                              entry)
 
 
 @pytest.mark.parametrize("type_name", list(gguf_export.TYPES))

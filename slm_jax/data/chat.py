@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from typing import Iterator, Optional
 
@@ -62,7 +63,6 @@ class ChatTemplate:
         """With `source` defaulted to the tokenizer's directory (for name='model')."""
         if self.name != "model" or self.source:
             return self
-        import os
         directory = vocab_path if os.path.isdir(vocab_path) else os.path.dirname(vocab_path)
         return dataclasses.replace(self, source=directory)
 

